@@ -1,0 +1,21 @@
+"""Core's own defaults, registered as a plugin like any other (plugin name ``collab-core``)."""
+
+from __future__ import annotations
+
+from .hookspecs import hookimpl
+
+
+@hookimpl
+def collab_register_serializers(register):
+    from .wire.builtin import builtin_serializers
+
+    for serializer in builtin_serializers():
+        register(serializer)
+
+
+@hookimpl
+def collab_register_commands(register):
+    from .cli import core_commands
+
+    for command in core_commands():
+        register(command)

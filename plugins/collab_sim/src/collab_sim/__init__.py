@@ -1,0 +1,1 @@
+"""collab-sim: run a collab job in one process (SimEnv)."""
