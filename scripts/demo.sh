@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main demo, from a fresh checkout: set up .venv, then run the demo.
+# The main demo, from a fresh checkout: set up .venv, then run FedAvg on 5 simulated sites.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/collab plugins
+.venv/bin/python examples/fedavg/fedavg_train.py "$@"

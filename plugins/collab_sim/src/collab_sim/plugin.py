@@ -1,4 +1,4 @@
-"""collab-sim's plugin: registers the ``sim`` environment."""
+"""collab-sim's plugin: the ``sim`` environment and the in-process ``inproc`` backend."""
 
 from collab_core import hookimpl
 
@@ -8,3 +8,10 @@ def collab_register_environments(register):
     from .env import SimEnv
 
     register("sim", SimEnv)
+
+
+@hookimpl
+def collab_register_backends(register):
+    from .backend import InProcessBackend
+
+    register("inproc", InProcessBackend, apis=("collab",), settings=("sim",))

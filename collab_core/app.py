@@ -1,0 +1,181 @@
+"""Apps: the server object or module and the client object or module, with their decorated methods.
+
+An app wraps an object (an instance of a user class) or a module with module-level functions. It
+finds the ``@collab.main``, ``@collab.publish``, ``@collab.init`` and ``@collab.final`` callables,
+in definition order, and validates call arguments against the published signatures.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from .errors import CallValidationError, RecipeError
+
+ROLE_ATTR = "__collab_role__"
+ROLES = ("main", "publish", "init", "final")
+
+
+def mark(role: str) -> Callable[[Callable], Callable]:
+    def decorator(fn: Callable) -> Callable:
+        target = fn.__func__ if isinstance(fn, (staticmethod, classmethod)) else fn
+        if not callable(target):
+            raise TypeError(f"@collab.{role} decorates a function or method, not {fn!r}")
+        existing = getattr(target, ROLE_ATTR, None)
+        if existing is not None and existing != role:
+            raise RecipeError(
+                f"{target.__qualname__} is decorated with both @collab.{existing} and @collab.{role}; "
+                f"use one"
+            )
+        setattr(target, ROLE_ATTR, role)
+        return fn
+
+    return decorator
+
+
+def role_of(obj: Any) -> str | None:
+    target = obj.__func__ if isinstance(obj, (staticmethod, classmethod)) else obj
+    try:
+        return getattr(target, ROLE_ATTR, None)
+    except Exception:  # objects with exotic __getattr__
+        return None
+
+
+def _definitions(obj: Any) -> list[tuple[str, str]]:
+    """(name, role) of every decorated callable of obj, in definition order."""
+    found: dict[str, str] = {}
+    if isinstance(obj, types.ModuleType):
+        for name, value in vars(obj).items():
+            role = role_of(value)
+            if role and callable(value):
+                found[name] = role
+        return list(found.items())
+    # A class hierarchy: base classes first, then each class's own definitions in order;
+    # an override keeps its first position but takes the subclass's role.
+    for klass in reversed(type(obj).__mro__):
+        for name, value in vars(klass).items():
+            role = role_of(value)
+            if role:
+                found[name] = role
+            elif name in found:
+                del found[name]  # overridden without the decorator: no longer published
+    return list(found.items())
+
+
+def describe(obj: Any) -> str:
+    if isinstance(obj, types.ModuleType):
+        return f"module {obj.__name__}"
+    return f"{type(obj).__module__}.{type(obj).__qualname__} instance"
+
+
+@attrs.frozen
+class Interface:
+    """The published methods of an app and their signatures: what callers validate against."""
+
+    owner: str
+    methods: dict[str, inspect.Signature]
+
+    def bind(self, method: str, args: tuple, kwargs: dict) -> None:
+        """Check that ``method(*args, **kwargs)`` would bind, raising CallValidationError if not."""
+        sig = self.methods.get(method)
+        if sig is None:
+            published = ", ".join(f"{m}{s}" for m, s in self.methods.items()) or "none"
+            raise CallValidationError(
+                f"{self.owner} publishes no method {method!r}. Published methods: {published}. "
+                f"Decorate the method with @collab.publish, or fix the name."
+            )
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise CallValidationError(
+                f"bad arguments for {method}{sig} on {self.owner}: {exc}"
+            ) from None
+
+
+class App:
+    """One side of a job: the object or module, and its decorated callables bound to it."""
+
+    def __init__(self, obj: Any, *, role: str):
+        if role not in ("server", "client"):
+            raise ValueError(role)
+        self.obj = obj
+        self.role = role
+        self.is_module = isinstance(obj, types.ModuleType)
+        self.publish: dict[str, Callable] = {}
+        self.init: list[Callable] = []
+        self.final: list[Callable] = []
+        mains: list[Callable] = []
+        for name, kind in _definitions(obj):
+            fn = getattr(obj, name)
+            if kind == "publish":
+                self.publish[name] = fn
+            elif kind == "init":
+                self.init.append(fn)
+            elif kind == "final":
+                self.final.append(fn)
+            else:
+                mains.append(fn)
+        self.main: Callable | None = None
+        if role == "server":
+            if not mains:
+                raise RecipeError(
+                    f"the server ({describe(obj)}) has no @collab.main function; decorate the function "
+                    f"that runs the algorithm with @collab.main"
+                )
+            if len(mains) > 1:
+                names = ", ".join(m.__name__ for m in mains)
+                raise RecipeError(
+                    f"the server ({describe(obj)}) has {len(mains)} @collab.main functions ({names}); "
+                    f"a server app has exactly one"
+                )
+            self.main = mains[0]
+            if inspect.signature(self.main).parameters:
+                raise RecipeError(
+                    f"@collab.main {self.main.__qualname__}{inspect.signature(self.main)} must take no "
+                    f"arguments (besides self); pass settings to the server's constructor instead"
+                )
+        elif mains and not self.is_module:  # one module may hold both sides (module-level pattern)
+            raise RecipeError(
+                f"the client ({describe(obj)}) has a @collab.main function ({mains[0].__name__}); "
+                f"@collab.main belongs to the server"
+            )
+        self.interface = Interface(
+            owner=f"the {role} ({describe(obj)})",
+            methods={name: inspect.signature(fn) for name, fn in self.publish.items()},
+        )
+
+    def method(self, name: str) -> Callable:
+        try:
+            return self.publish[name]
+        except KeyError:
+            self.interface.bind(name, (), {})  # raises with the list of published methods
+            raise
+
+
+def make_client_object(obj: Any, site_name: str) -> Any:
+    """The client object for one site: ``obj.make_client_app(site_name)`` if defined, else a deep copy.
+
+    Modules are shared as they are (module state is process state): documented in the user guide.
+    """
+    import copy
+
+    if isinstance(obj, types.ModuleType):
+        return obj
+    factory = getattr(obj, "make_client_app", None)
+    if callable(factory):
+        made = factory(site_name)
+        if made is None:
+            raise RecipeError(f"{describe(obj)}.make_client_app({site_name!r}) returned None; return the client object")
+        return made
+    try:
+        return copy.deepcopy(obj)
+    except Exception as exc:
+        raise RecipeError(
+            f"cannot give each site its own copy of the client ({describe(obj)}): deepcopy failed with "
+            f"{type(exc).__name__}: {exc}. Define make_client_app(self, site_name) on the class to "
+            f"build each site's client yourself."
+        ) from exc

@@ -1,0 +1,371 @@
+"""Proxies and groups: how user code calls sites. Written once; every backend shares it.
+
+``collab.clients.train(w)`` is a group call; ``collab.clients["site-2"].train(w)`` and
+``collab.server.report(x)`` are single calls. Calling a proxy or group with options returns a
+configured copy: ``collab.clients(timeout=30, min_responses=3).train(w)``.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import attrs
+
+from . import executor
+from .context import SiteContext, current
+from .errors import CallValidationError, CollabCallError, GroupCallError
+from .runtime import Call
+
+
+def _check_timeout(_: Any, __: Any, value: float | None) -> None:
+    if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {value!r}")
+
+
+def _check_positive_int(name: str, minimum: int) -> Callable:
+    def check(_: Any, __: Any, value: int | None) -> None:
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < minimum):
+            raise ValueError(f"{name} must be an integer >= {minimum} or None, got {value!r}")
+
+    return check
+
+
+def _targets(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+@attrs.frozen
+class CallOptions:
+    """Options of a call; see the user guide for each."""
+
+    timeout: float | None = attrs.field(default=None, validator=_check_timeout)
+    min_responses: int | None = attrs.field(default=None, validator=_check_positive_int("min_responses", 0))
+    blocking: bool = True
+    expect_result: bool = True
+    parallel: int | None = attrs.field(default=None, validator=_check_positive_int("parallel", 1))
+    targets: tuple[str, ...] | None = attrs.field(default=None, converter=_targets)
+    process_resp_cb: Callable[[str, Any], Any] | None = None
+
+    def evolve(self, **changes: Any) -> CallOptions:
+        unknown = set(changes) - set(attrs.fields_dict(CallOptions))
+        if unknown:
+            raise TypeError(
+                f"unknown call option(s) {', '.join(sorted(unknown))}; valid options: "
+                f"{', '.join(attrs.fields_dict(CallOptions))}"
+            )
+        if changes.get("process_resp_cb") is not None and not callable(changes["process_resp_cb"]):
+            raise TypeError("process_resp_cb must be callable as cb(site, result)")
+        return attrs.evolve(self, **changes)
+
+
+def _deadline(ctx: SiteContext, options: CallOptions) -> float | None:
+    timeout = options.timeout if options.timeout is not None else ctx.job.default_timeout
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _new_call(ctx: SiteContext, target: str, method: str, args: tuple, kwargs: dict,
+              options: CallOptions, deadline: float | None) -> Call:
+    return Call(
+        caller=ctx.site_name, target=target, method=method, args=args, kwargs=kwargs,
+        expect_result=options.expect_result, deadline=deadline,
+    )
+
+
+def _timeout_error(call: Call, timeout: float | None) -> CollabCallError:
+    return CollabCallError(
+        call.target, call.method,
+        TimeoutError(f"no result within the call's timeout of {timeout} s; the call was cancelled at the site"),
+    )
+
+
+class _Method:
+    __slots__ = ("_owner", "_name")
+
+    def __init__(self, owner: Proxy | Group, name: str):
+        self._owner = owner
+        self._name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._owner._invoke(self._name, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<remote method {self._name} of {self._owner!r}>"
+
+
+class Proxy:
+    """One remote site. ``proxy.method(*args)`` calls it and returns the result (or raises
+    CollabCallError); with ``blocking=False`` it returns a Future; with ``expect_result=False``, None."""
+
+    def __init__(self, target: str, options: CallOptions | None = None, ctx: SiteContext | None = None):
+        self._target = target
+        self._options = options or CallOptions()
+        self._ctx = ctx
+
+    @property
+    def name(self) -> str:
+        return self._target
+
+    def __call__(self, **options: Any) -> Proxy:
+        return Proxy(self._target, self._options.evolve(**options), self._ctx)
+
+    def __getattr__(self, name: str) -> _Method:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Method(self, name)
+
+    def __repr__(self) -> str:
+        return f"Proxy({self._target!r})"
+
+    def _invoke(self, method: str, args: tuple, kwargs: dict) -> Any:
+        ctx = self._ctx or current()
+        job = ctx.job
+        if self._target != job.server_name and self._target not in job.client_names:
+            raise CallValidationError(
+                f"no site named {self._target!r} in this job; sites are: {', '.join(job.client_names)}"
+            )
+        job.interface_of(self._target).bind(method, args, kwargs)
+        opts = self._options
+        deadline = _deadline(ctx, opts)
+        call = _new_call(ctx, self._target, method, args, kwargs, opts, deadline)
+        fut = job.backend.submit(call)
+        if not opts.expect_result:
+            fut.add_done_callback(_log_fire_and_forget(call))
+            return None
+        if not opts.blocking:
+            return fut
+        remaining = call.remaining()
+        try:
+            with executor.blocking():
+                value = fut.result(timeout=None if remaining is None else max(remaining, 0))
+        except TimeoutError:
+            job.backend.cancel(call)
+            raise _timeout_error(call, opts.timeout or job.default_timeout) from None
+        if opts.process_resp_cb is not None:
+            value = opts.process_resp_cb(self._target, value)
+        return value
+
+
+def _log_fire_and_forget(call: Call) -> Callable[[Future], None]:
+    def done(fut: Future) -> None:
+        exc = fut.exception()
+        if exc is not None:
+            import logging
+
+            logging.getLogger("collab.calls").warning(
+                "fire-and-forget call %s() on %s failed: %s", call.method, call.target, exc
+            )
+
+    return done
+
+
+class GroupResult(Sequence):
+    """The successes of a group call as ``(site, value)`` pairs, in arrival order, plus ``failures``.
+
+    ``for site, value in results``, ``len(results)``, ``dict(results)``, ``results.failures``.
+    """
+
+    def __init__(self, pairs: list[tuple[str, Any]], failures: dict[str, CollabCallError]):
+        self._pairs = pairs
+        self.failures = failures
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self._pairs[index]
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    @property
+    def sites(self) -> list[str]:
+        return [site for site, _ in self._pairs]
+
+    @property
+    def values(self) -> list[Any]:
+        return [value for _, value in self._pairs]
+
+    def __repr__(self) -> str:
+        return f"GroupResult({len(self._pairs)} ok: {self.sites}, failures: {sorted(self.failures)})"
+
+
+class Group:
+    """Several sites. ``group.method(*args)`` calls every target in parallel and returns a
+    :class:`GroupResult`; with ``blocking=False`` it returns an iterator of ``(site, value)`` as
+    results arrive; with ``expect_result=False``, None."""
+
+    def __init__(self, targets: Sequence[str], options: CallOptions | None = None, ctx: SiteContext | None = None):
+        self._targets = tuple(targets)
+        self._options = options or CallOptions()
+        self._ctx = ctx
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._options.targets or self._targets)
+
+    def __call__(self, **options: Any) -> Group:
+        return Group(self._targets, self._options.evolve(**options), self._ctx)
+
+    def __getitem__(self, site: str) -> Proxy:
+        if not isinstance(site, str):
+            raise TypeError(f"index a group by site name, e.g. collab.clients['site-1'], not {site!r}")
+        if site not in self._targets:
+            raise KeyError(f"no site {site!r} in this group; sites are: {', '.join(self._targets)}")
+        single = attrs.evolve(self._options, targets=None, min_responses=None, parallel=None)
+        return Proxy(site, single, self._ctx)
+
+    def __iter__(self) -> Iterator[Proxy]:
+        return (self[s] for s in self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getattr__(self, name: str) -> _Method:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Method(self, name)
+
+    def __repr__(self) -> str:
+        return f"Group({self.names})"
+
+    def _invoke(self, method: str, args: tuple, kwargs: dict) -> Any:
+        ctx = self._ctx or current()
+        job = ctx.job
+        opts = self._options
+        targets = self.names
+        unknown = [t for t in targets if t not in self._targets]
+        if unknown:
+            raise CallValidationError(
+                f"targets {unknown} are not in this group; choose from: {', '.join(self._targets)}"
+            )
+        for t in dict.fromkeys(job.interface_of(t) for t in targets):
+            t.bind(method, args, kwargs)
+        needed = len(targets) if opts.min_responses is None else opts.min_responses
+        if needed > len(targets):
+            raise CallValidationError(
+                f"min_responses={needed} but the call has only {len(targets)} target(s): {targets}"
+            )
+        deadline = _deadline(ctx, opts)
+        if not opts.expect_result:
+            for site in targets:
+                call = _new_call(ctx, site, method, args, kwargs, opts, deadline)
+                job.backend.submit(call).add_done_callback(_log_fire_and_forget(call))
+            return None
+        run = _GroupRun(ctx, method, args, kwargs, targets, opts, deadline, needed)
+        if opts.blocking:
+            for _ in run:
+                pass
+            return run.result()
+        return run
+
+
+class _GroupRun:
+    """One group call in flight. Iterating yields (site, value) as results arrive, on the caller's
+    thread; at the end, too few successes raise GroupCallError."""
+
+    def __init__(self, ctx: SiteContext, method: str, args: tuple, kwargs: dict,
+                 targets: list[str], opts: CallOptions, deadline: float | None, needed: int):
+        self.ctx = ctx
+        self.method = method
+        self.args = args
+        self.kwargs = kwargs
+        self.targets = targets
+        self.opts = opts
+        self.deadline = deadline
+        self.needed = needed
+        self.pairs: list[tuple[str, Any]] = []
+        self.failures: dict[str, CollabCallError] = {}
+        self._start()
+        self._iter = self._run()
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        return self
+
+    def __next__(self) -> tuple[str, Any]:
+        return next(self._iter)
+
+    @property
+    def failures_so_far(self) -> dict[str, CollabCallError]:
+        return self.failures
+
+    def result(self) -> GroupResult:
+        return GroupResult(self.pairs, self.failures)
+
+    def _launch(self) -> None:
+        site = self._pending.popleft()
+        call = _new_call(self.ctx, site, self.method, self.args, self.kwargs, self.opts, self.deadline)
+        self._in_flight[call.id] = call
+        try:
+            fut = self.ctx.job.backend.submit(call)
+        except CollabCallError as exc:
+            fut = Future()
+            fut.set_exception(exc)
+        fut.add_done_callback(lambda f, c=call: self._done.put((c, f)))
+
+    def _start(self) -> None:
+        """Send the first calls at once, so a non-blocking call is in flight before iteration."""
+        self._pending = deque(self.targets)
+        self._in_flight: dict[int, Call] = {}
+        self._done: queue.SimpleQueue[tuple[Call, Future]] = queue.SimpleQueue()
+        limit = self.opts.parallel or len(self.targets)
+        while self._pending and len(self._in_flight) < limit:
+            self._launch()
+
+    def _run(self) -> Iterator[tuple[str, Any]]:
+        backend = self.ctx.job.backend
+        pending, in_flight, done, launch = self._pending, self._in_flight, self._done, self._launch
+        total = len(self.targets)
+
+        def give_up(reason: Callable[[Call], CollabCallError]) -> None:
+            for call in in_flight.values():
+                backend.cancel(call)
+                self.failures[call.target] = reason(call)
+            in_flight.clear()
+            while pending:
+                site = pending.popleft()
+                self.failures[site] = CollabCallError(
+                    site, self.method, TimeoutError("not started: the group call ended first")
+                )
+
+        try:
+            while in_flight:
+                remaining = None if self.deadline is None else max(self.deadline - time.monotonic(), 0)
+                try:
+                    with executor.blocking():
+                        call, fut = done.get(timeout=remaining)
+                except queue.Empty:
+                    timeout = self.opts.timeout or self.ctx.job.default_timeout
+                    give_up(lambda c: _timeout_error(c, timeout))
+                    break
+                if in_flight.pop(call.id, None) is None:
+                    continue
+                exc = fut.exception()
+                if exc is not None:
+                    if not isinstance(exc, CollabCallError):
+                        exc = CollabCallError(call.target, call.method, exc)
+                    self.failures[call.target] = exc
+                    if len(self.failures) > total - self.needed:
+                        # the quorum can no longer be met: stop now instead of waiting on the rest
+                        give_up(lambda c: CollabCallError(
+                            c.target, c.method, RuntimeError("cancelled: the group call already failed")))
+                        break
+                else:
+                    value = fut.result()
+                    if self.opts.process_resp_cb is not None:
+                        value = self.opts.process_resp_cb(call.target, value)
+                    self.pairs.append((call.target, value))
+                    yield call.target, value
+                if pending:
+                    launch()
+        finally:
+            if in_flight:  # the caller stopped iterating early, or a callback raised
+                for call in in_flight.values():
+                    backend.cancel(call)
+        if len(self.pairs) < self.needed:
+            raise GroupCallError(self.method, dict(self.failures), list(self.pairs), self.needed, total)

@@ -1,0 +1,252 @@
+"""Job folders: ``recipe.export(path)`` writes one, ``collab run PATH`` runs one.
+
+Layout::
+
+    JOB/
+      job.json        schema "collab.job", version 1: name, recipe class, api, min_clients,
+                      required plugins, and the server and client as {module, class, args}
+      code/           the user's source files the job imports (relative layout kept)
+
+Objects are recorded by import path and constructor arguments. Arguments are read back from the
+object: ``obj.collab_export_args()`` if it defines one, else the attribute of the same name as each
+constructor parameter (``self.num_rounds = num_rounds``). Values must be JSON data.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import shutil
+import sys
+import sysconfig
+import types
+from pathlib import Path
+from typing import Any
+
+from .errors import ExportError, RecipeError
+from .recipe import CollabRecipe, RecipeBase
+from .run import Run
+
+SCHEMA = "collab.job"
+VERSION = 1
+JOB_FILE = "job.json"
+CODE_DIR = "code"
+
+
+def _module_name(module: types.ModuleType) -> str:
+    if module.__name__ != "__main__":
+        return module.__name__
+    file = getattr(module, "__file__", None)
+    if not file:
+        raise ExportError(
+            "cannot export code defined in an interactive session (__main__ has no file); move the "
+            "@collab functions or classes into a .py file and import it"
+        )
+    spec = getattr(module, "__spec__", None)
+    if spec is not None and spec.name and spec.name != "__main__":  # python -m package.module
+        return spec.name
+    return Path(file).stem
+
+
+def _constructor_args(obj: Any) -> dict[str, Any]:
+    cls = type(obj)
+    custom = getattr(obj, "collab_export_args", None)
+    if callable(custom):
+        args = custom()
+        if not isinstance(args, dict):
+            raise ExportError(f"{cls.__qualname__}.collab_export_args() must return a dict, got {type(args).__name__}")
+        return args
+    if cls.__init__ is object.__init__:
+        return {}
+    args: dict[str, Any] = {}
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if name == "self":
+            continue
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise ExportError(
+                f"cannot export {cls.__qualname__}: its constructor takes *{name}; define "
+                f"collab_export_args(self) returning the keyword arguments that rebuild it"
+            )
+        for attr in (name, f"_{name}"):
+            if hasattr(obj, attr):
+                args[name] = getattr(obj, attr)
+                break
+        else:
+            raise ExportError(
+                f"cannot export {cls.__qualname__}: its constructor parameter {name!r} is not stored "
+                f"as self.{name}; store it, or define collab_export_args(self) returning the "
+                f"constructor's keyword arguments"
+            )
+    return args
+
+
+def _describe_object(obj: Any, role: str) -> tuple[dict[str, Any], types.ModuleType]:
+    if isinstance(obj, types.ModuleType):
+        return {"module": _module_name(obj)}, obj
+    cls = type(obj)
+    if "<locals>" in cls.__qualname__:
+        raise ExportError(
+            f"cannot export the {role}: class {cls.__qualname__} is defined inside a function; "
+            f"define it at module level so the job can import it"
+        )
+    module = sys.modules[cls.__module__]
+    args = _constructor_args(obj)
+    try:
+        json.dumps(args)
+    except (TypeError, ValueError):
+        bad = [k for k, v in args.items() if not _is_json(v)]
+        raise ExportError(
+            f"cannot export the {role} {cls.__qualname__}: constructor argument(s) {bad} are not JSON "
+            f"data (numbers, strings, lists, dicts); pass a path or a name instead and load the "
+            f"object inside the class"
+        ) from None
+    return {"module": _module_name(module), "class": cls.__qualname__, "args": args}, module
+
+
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _is_library(path: Path) -> bool:
+    lib_dirs = {sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib", "platstdlib")}
+    text = str(path)
+    return "site-packages" in text or "dist-packages" in text or any(text.startswith(d) for d in lib_dirs)
+
+
+def _user_sources(modules: list[types.ModuleType]) -> dict[str, Path]:
+    """The .py files of the user's modules and of every loaded module under the same folders."""
+    roots: list[Path] = []
+    for module in modules:
+        file = getattr(module, "__file__", None)
+        if not file:
+            continue
+        path = Path(file).resolve()
+        depth = _module_name(module).count(".")
+        root = path.parents[depth + (1 if path.name == "__init__.py" else 0)]
+        if root not in roots:
+            roots.append(root)
+    found: dict[str, Path] = {}
+    for mod in list(sys.modules.values()):
+        file = getattr(mod, "__file__", None)
+        if not file or not file.endswith(".py"):
+            continue
+        path = Path(file).resolve()
+        if _is_library(path):
+            continue
+        for root in roots:
+            if path.is_relative_to(root):
+                found.setdefault(str(path.relative_to(root)), path)
+                break
+    return found
+
+
+def export_job(recipe: RecipeBase, path: Path) -> Path:
+    spec = recipe.build_job()
+    server, server_module = _describe_object(spec.server, "server")
+    client, client_module = _describe_object(spec.client, "client")
+    sources = _user_sources([server_module, client_module])
+    path = Path(path)
+    if path.exists() and any(path.iterdir()):
+        if not (path / JOB_FILE).exists():
+            raise ExportError(f"{path} exists and is not a job folder; choose an empty or new folder")
+        shutil.rmtree(path)
+    code = path / CODE_DIR
+    code.mkdir(parents=True, exist_ok=True)
+    for rel, src in sorted(sources.items()):
+        dest = code / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest)
+    config = {
+        "schema": SCHEMA,
+        "version": VERSION,
+        "job_name": spec.job_name,
+        "recipe": spec.recipe_class,
+        "api": spec.api,
+        "min_clients": spec.min_clients,
+        "required_plugins": list(spec.required_plugins),
+        "server": server,
+        "client": client,
+        "code": sorted(sources),
+    }
+    (path / JOB_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def read_job_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    file = path / JOB_FILE
+    if not file.is_file():
+        raise RecipeError(f"{path} is not a job folder: {JOB_FILE} is missing. Write one with recipe.export(path)")
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RecipeError(f"{file} is not valid JSON: {exc}") from None
+    if config.get("schema") != SCHEMA:
+        raise RecipeError(f"{file} is not a collab job (schema {config.get('schema')!r}, expected {SCHEMA!r})")
+    if config.get("version") != VERSION:
+        raise RecipeError(
+            f"{file} has job format version {config.get('version')!r}; this collab reads version "
+            f"{VERSION}. Re-export the job with this collab version"
+        )
+    for key in ("job_name", "api", "min_clients", "server", "client"):
+        if key not in config:
+            raise RecipeError(f"{file} lacks the key {key!r}")
+    return config
+
+
+def _build(desc: dict[str, Any], role: str) -> Any:
+    try:
+        module = importlib.import_module(desc["module"])
+    except ImportError as exc:
+        raise RecipeError(f"the job's {role} module {desc['module']!r} cannot be imported: {exc}") from exc
+    if "class" not in desc:
+        return module
+    obj: Any = module
+    for part in desc["class"].split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise RecipeError(f"the job's {role} class {desc['class']!r} is not in module {desc['module']!r}")
+    return obj(**desc.get("args", {}))
+
+
+def load_job(path: str | Path) -> CollabRecipe:
+    """Rebuild the recipe of an exported job folder (its code folder goes on sys.path)."""
+    path = Path(path).resolve()
+    config = read_job_config(path)
+    code = str(path / CODE_DIR)
+    if code not in sys.path:
+        sys.path.insert(0, code)
+    server = _build(config["server"], "server")
+    client = _build(config["client"], "client")
+    recipe = CollabRecipe(
+        job_name=config["job_name"],
+        server=server,
+        client=client,
+        min_clients=config["min_clients"],
+        required_plugins=config.get("required_plugins", ()),
+    )
+    return recipe
+
+
+def run_job_folder(path: str | Path, env: str = "sim", num_clients: int | None = None,
+                   workspace: str | Path | None = None, **env_options: Any) -> Run:
+    """``collab run``: rebuild the job's recipe and execute it in the named environment."""
+    from .registry import get_registry
+
+    config = read_job_config(path)
+    from .registry import check_required_plugins
+
+    check_required_plugins(config.get("required_plugins", ()))
+    env_factory = get_registry().environment(env)
+    if num_clients is None:
+        num_clients = config["min_clients"]
+    if workspace is not None:
+        env_options["workspace"] = workspace
+    environment = env_factory(num_clients=num_clients, **env_options)
+    recipe = load_job(path)
+    return recipe.execute(environment)

@@ -1,0 +1,169 @@
+"""Recipes: a job's description -- what runs on the server, what runs on each client -- that any
+environment can execute and that can be exported to a job folder."""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import attrs
+
+from .app import App, describe
+from .errors import RecipeError
+from .registry import check_required_plugins
+from .run import Run
+
+_JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@attrs.frozen
+class JobSpec:
+    """What an environment needs to run a recipe."""
+
+    job_name: str
+    api: str
+    server: Any
+    client: Any
+    min_clients: int
+    required_plugins: tuple[str, ...]
+    recipe_class: str
+
+
+class Environment(Protocol):
+    """Where a recipe runs. Registered through ``collab_register_environments``."""
+
+    name: str
+
+    def deploy(self, recipe: RecipeBase) -> Run: ...
+
+
+class RecipeBase:
+    """Base of every recipe.
+
+    Subclasses set :attr:`api` (the programming model; environments pick the backend that serves
+    it) and implement :meth:`build_job`. ``required_plugins`` lists PEP 508 requirements checked
+    before anything starts.
+    """
+
+    #: The programming model this recipe uses; explicit, never guessed from the code.
+    api: ClassVar[str] = "collab"
+    #: Plugins every instance needs, in addition to those passed to the constructor.
+    required_plugins: tuple[str, ...] = ()
+
+    def __init__(self, job_name: str, min_clients: int = 1, required_plugins: Iterable[str] = ()):
+        if not isinstance(job_name, str) or not _JOB_NAME.match(job_name):
+            raise RecipeError(
+                f"job_name {job_name!r} is not valid: use 1-128 letters, digits, '_', '.' or '-', "
+                f"starting with a letter or digit (it names folders)"
+            )
+        if not isinstance(min_clients, int) or isinstance(min_clients, bool) or min_clients < 1:
+            raise RecipeError(f"min_clients must be an integer >= 1, got {min_clients!r}")
+        if isinstance(required_plugins, str):
+            raise RecipeError("required_plugins is a list of requirements, e.g. ['collab-torchrun>=0.1']")
+        self.job_name = job_name
+        self.min_clients = min_clients
+        self.required_plugins = tuple(type(self).required_plugins) + tuple(required_plugins)
+
+    def build_job(self) -> JobSpec:
+        raise NotImplementedError(f"{type(self).__name__} must implement build_job()")
+
+    def check(self) -> None:
+        """Check, before anything starts, that every required plugin is installed."""
+        check_required_plugins(self.required_plugins)
+
+    def execute(self, env: Environment) -> Run:
+        """Run this recipe in ``env`` (e.g. ``SimEnv(num_clients=5)``) and return the :class:`Run`."""
+        deploy = getattr(env, "deploy", None)
+        if not callable(deploy):
+            raise RecipeError(
+                f"{env!r} is not an environment (it has no deploy method); pass e.g. SimEnv(num_clients=5)"
+            )
+        self.check()
+        return deploy(self)
+
+    def export(self, path: str | Path) -> Path:
+        """Write this recipe as a job folder (job.json plus the user's source files)."""
+        from .job import export_job
+
+        return export_job(self, Path(path))
+
+
+def _caller_module() -> types.ModuleType:
+    """The module of the first frame outside collab_core (the user's module, possibly __main__)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if not (name == "collab_core" or name.startswith("collab_core.")):
+            module = sys.modules.get(name)
+            if module is None:
+                break
+            return module
+        frame = frame.f_back
+    raise RecipeError(
+        "CollabRecipe() without server= and client= looks for @collab.main and @collab.publish "
+        "functions in the calling module, but could not find that module; pass server= and client="
+    )
+
+
+class CollabRecipe(RecipeBase):
+    """The Collab API recipe: a ``@collab.main`` server and ``@collab.publish`` clients.
+
+    ``server`` and ``client`` are objects (instances of your classes) or modules. Leave both out to
+    use the module that creates the recipe (module-level functions, no classes).
+    """
+
+    api = "collab"
+
+    def __init__(
+        self,
+        job_name: str,
+        server: Any = None,
+        client: Any = None,
+        min_clients: int = 1,
+        required_plugins: Iterable[str] = (),
+    ):
+        super().__init__(job_name, min_clients, required_plugins)
+        if server is None and client is None:
+            server = client = _caller_module()
+        elif server is None or client is None:
+            missing = "server" if server is None else "client"
+            raise RecipeError(
+                f"CollabRecipe got a {'client' if missing == 'server' else 'server'} but no {missing}: "
+                f"pass both server= and client=, or neither to use the calling module's functions"
+            )
+        for obj, role in ((server, "server"), (client, "client")):
+            if isinstance(obj, type):
+                raise RecipeError(
+                    f"{role}={obj.__qualname__} is a class; pass an instance, e.g. {role}={obj.__qualname__}()"
+                )
+        self.server = server
+        self.client = client
+        # Validate now, so a missing @collab.main or a misplaced decorator fails at construction.
+        App(server, role="server")
+        client_app = App(client, role="client")
+        if not client_app.publish:
+            raise RecipeError(
+                f"the client ({describe(client)}) publishes no methods; decorate the functions the "
+                f"server calls with @collab.publish"
+            )
+
+    def build_job(self) -> JobSpec:
+        return JobSpec(
+            job_name=self.job_name,
+            api=self.api,
+            server=self.server,
+            client=self.client,
+            min_clients=self.min_clients,
+            required_plugins=self.required_plugins,
+            recipe_class=f"{type(self).__module__}:{type(self).__qualname__}",
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"CollabRecipe(job_name={self.job_name!r}, server={describe(self.server)}, "
+            f"client={describe(self.client)}, min_clients={self.min_clients})"
+        )

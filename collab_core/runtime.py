@@ -1,0 +1,161 @@
+"""The backend-independent runtime: calls, the backend contract, sites and their lifecycle.
+
+A backend only moves one call to one site and hands back a future. Everything else -- groups,
+quorum, deadlines, in-time callbacks, throttling, errors -- lives in :mod:`collab_core.calls`,
+written once for every backend.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+
+from .app import App, Interface
+from .context import SiteContext, active
+from .errors import CollabCallError, CollabError
+
+log = logging.getLogger("collab.runtime")
+
+SERVER = "server"
+_ids = itertools.count(1)
+
+
+@attrs.define(eq=False)
+class Call:
+    """One call of one method on one site."""
+
+    caller: str
+    target: str
+    method: str
+    args: tuple
+    kwargs: dict
+    expect_result: bool = True
+    deadline: float | None = None  # time.monotonic() value
+    id: int = attrs.field(factory=lambda: next(_ids))
+    cancelled: threading.Event = attrs.field(factory=threading.Event)
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What an environment's transport implements. ``submit`` must not block on the call itself."""
+
+    def submit(self, call: Call) -> Future:
+        """Deliver ``call``; the future resolves to the result or fails with CollabCallError."""
+
+    def cancel(self, call: Call) -> None:
+        """Cancel ``call`` at its site (it will not start, or sees ``collab.is_aborted``)."""
+
+    def close(self) -> None:
+        """Release threads, sockets and processes."""
+
+
+def remote_error(call: Call, exc: BaseException) -> CollabCallError:
+    """The CollabCallError for an exception raised by the method a call ran on its site."""
+    from .wire import RemoteError
+
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    cause = RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."), str(exc), tb)
+    err = CollabCallError(call.target, call.method, cause, tb)
+    err.__cause__ = exc
+    return err
+
+
+class JobRuntime:
+    """A running job as one process sees it: the sites, the backend, the interfaces to validate
+    calls against, the abort flag and the workspace."""
+
+    def __init__(
+        self,
+        job_name: str,
+        client_names: list[str],
+        backend: Backend,
+        interfaces: dict[str, Interface],
+        workspace: Path,
+        default_timeout: float | None = None,
+        server_name: str = SERVER,
+    ):
+        self.job_name = job_name
+        self.client_names = list(client_names)
+        self.server_name = server_name
+        self.backend = backend
+        self.interfaces = interfaces  # "server" / "client" -> Interface
+        self.workspace = workspace
+        self.default_timeout = default_timeout
+        self.aborted = threading.Event()
+        self.abort_reason: str | None = None
+
+    def interface_of(self, site: str) -> Interface:
+        return self.interfaces["server" if site == self.server_name else "client"]
+
+    def abort(self, reason: str) -> None:
+        if not self.aborted.is_set():
+            self.abort_reason = reason
+            self.aborted.set()
+
+
+class SiteRuntime:
+    """One site's app in one job: runs its @init, serves calls to its @publish methods, runs its @final."""
+
+    def __init__(self, job: JobRuntime, site_name: str, app: App):
+        self.job = job
+        self.site_name = site_name
+        self.app = app
+        self.workspace = job.workspace / site_name
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        self.context = SiteContext(site_name=site_name, job=job, workspace=self.workspace)
+        self.init_error: BaseException | None = None
+        self.log = logging.getLogger("collab.site")
+
+    def _run_in_context(self, fn: Callable, *args: Any, cancelled: threading.Event | None = None, **kwargs: Any) -> Any:
+        ctx = self.context if cancelled is None else attrs.evolve(self.context, call_cancelled=cancelled)
+        with active(ctx):
+            return fn(*args, **kwargs)
+
+    def start(self) -> None:
+        """Run the @init callables in definition order; a failure marks the site failed."""
+        for fn in self.app.init:
+            try:
+                self._run_in_context(fn)
+            except BaseException as exc:
+                self.init_error = exc
+                with active(self.context):
+                    self.log.error("@collab.init %s failed on %s", fn.__qualname__, self.site_name, exc_info=True)
+                return
+
+    def stop(self) -> list[BaseException]:
+        """Run the @final callables; every one runs even if an earlier one fails."""
+        errors = []
+        for fn in self.app.final:
+            try:
+                self._run_in_context(fn)
+            except BaseException as exc:
+                errors.append(exc)
+                with active(self.context):
+                    self.log.error("@collab.final %s failed on %s", fn.__qualname__, self.site_name, exc_info=True)
+        return errors
+
+    def invoke(self, call: Call) -> Any:
+        """Run a published method for ``call`` in this site's context (on the current thread)."""
+        if self.init_error is not None:
+            raise CollabError(
+                f"{self.site_name} is not serving calls: its @collab.init failed with "
+                f"{type(self.init_error).__name__}: {self.init_error}"
+            )
+        fn = self.app.method(call.method)
+        return self._run_in_context(fn, *call.args, cancelled=call.cancelled, **call.kwargs)
+
+    def run_main(self) -> Any:
+        assert self.app.main is not None
+        return self._run_in_context(self.app.main)

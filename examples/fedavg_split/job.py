@@ -1,0 +1,30 @@
+"""Ties server.py and client.py together. Run from anywhere:
+
+    python examples/fedavg_split/job.py [--export DIR]
+"""
+
+import sys
+
+import client as client_module
+import server as server_module
+
+from collab_core import CollabRecipe
+from collab_sim import SimEnv
+
+recipe = CollabRecipe(
+    job_name="fedavg_split",
+    server=server_module,
+    client=client_module,
+    min_clients=5,
+)
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--export":
+        print(f"job folder written to {recipe.export(sys.argv[2])}")
+        raise SystemExit(0)
+    run = recipe.execute(SimEnv(num_clients=5))
+    print(f"status: {run.status}")
+    if run.status != "finished":
+        print(run.error)
+        raise SystemExit(1)
+    print("final weights:", {k: v.flatten().tolist() for k, v in run.result.items()})

@@ -1,0 +1,184 @@
+"""SimEnv: the whole job in this process -- the server's main on the caller's thread, each client
+site's calls on worker threads."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+import traceback
+import types
+import uuid
+from concurrent.futures import wait
+from pathlib import Path
+from typing import Any
+
+from collab_core.app import App, make_client_object
+from collab_core.errors import RecipeError
+from collab_core.executor import ElasticExecutor
+from collab_core.logs import capture_site_logs
+from collab_core.registry import get_registry
+from collab_core.run import Run
+from collab_core.runtime import SERVER, JobRuntime, SiteRuntime
+
+from .backend import ISOLATION_MODES
+
+log = logging.getLogger("collab.sim")
+
+
+def default_workspace_root() -> Path:
+    return Path(os.environ.get("COLLAB_WORKSPACE_ROOT") or Path(tempfile.gettempdir()) / "collab")
+
+
+class SimEnv:
+    """Run a recipe in this process.
+
+    ``num_clients`` sites are named ``site-1`` ... ``site-N`` (or pass ``clients=[names]``).
+    ``isolation="wire"`` (default) copies arguments and results through the wire format;
+    ``"none"`` passes references. ``max_workers`` bounds the threads doing client work at once
+    (threads waiting on nested calls do not count). ``call_timeout`` is the default deadline of
+    every call (None: no deadline). ``workspace`` is the run's folder (default: a new folder under
+    ``$COLLAB_WORKSPACE_ROOT`` or the system temp dir).
+    """
+
+    name = "sim"
+
+    def __init__(
+        self,
+        num_clients: int | None = None,
+        *,
+        clients: list[str] | None = None,
+        workspace: str | Path | None = None,
+        isolation: str = "wire",
+        max_workers: int | None = None,
+        call_timeout: float | None = None,
+        log_level: int | str = logging.INFO,
+    ):
+        if clients is not None:
+            clients = list(clients)
+            if num_clients is not None and num_clients != len(clients):
+                raise RecipeError(f"num_clients={num_clients} but clients lists {len(clients)} names")
+            if len(set(clients)) != len(clients) or not all(isinstance(c, str) and c for c in clients):
+                raise RecipeError(f"clients must be distinct non-empty names, got {clients}")
+            if SERVER in clients:
+                raise RecipeError(f"{SERVER!r} is the server's name; choose other client names")
+        else:
+            if not isinstance(num_clients, int) or isinstance(num_clients, bool) or num_clients < 1:
+                raise RecipeError(f"SimEnv needs num_clients >= 1 (or clients=[names]), got {num_clients!r}")
+            clients = [f"site-{i}" for i in range(1, num_clients + 1)]
+        if isolation not in ISOLATION_MODES:
+            raise RecipeError(f"isolation must be one of {ISOLATION_MODES}, got {isolation!r}")
+        if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
+            raise RecipeError(f"max_workers must be an integer >= 1, got {max_workers!r}")
+        if call_timeout is not None and call_timeout <= 0:
+            raise RecipeError(f"call_timeout must be positive, got {call_timeout!r}")
+        self.clients = clients
+        self.num_clients = len(clients)
+        self.workspace = Path(workspace) if workspace is not None else None
+        self.isolation = isolation
+        self.max_workers = max_workers or min(32, len(clients) + 4)
+        self.call_timeout = call_timeout
+        self.log_level = logging.getLevelName(log_level) if isinstance(log_level, str) else log_level
+
+    def __repr__(self) -> str:
+        return f"SimEnv(num_clients={self.num_clients}, isolation={self.isolation!r})"
+
+    def _workspace_for(self, job_name: str) -> Path:
+        if self.workspace is not None:
+            path = self.workspace
+        else:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            path = default_workspace_root() / "sim" / f"{job_name}-{stamp}-{uuid.uuid4().hex[:6]}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def deploy(self, recipe: Any) -> Run:
+        spec = recipe.build_job()
+        if spec.min_clients > self.num_clients:
+            raise RecipeError(
+                f"recipe {spec.job_name!r} needs min_clients={spec.min_clients} but SimEnv has "
+                f"{self.num_clients} client(s); use SimEnv(num_clients={spec.min_clients}) or more"
+            )
+        backend_factory = get_registry().backend_for(spec.api, "sim").obj
+        workspace = self._workspace_for(spec.job_name)
+        started = time.monotonic()
+        executor = ElasticExecutor(self.max_workers, name=f"sim-{spec.job_name}")
+        backend = backend_factory(executor=executor, isolation=self.isolation)
+        server_app = App(spec.server, role="server")
+        client_apps = {site: App(make_client_object(spec.client, site), role="client") for site in self.clients}
+        first = client_apps[self.clients[0]]
+        job = JobRuntime(
+            spec.job_name, self.clients, backend,
+            {"server": server_app.interface, "client": first.interface},
+            workspace, default_timeout=self.call_timeout,
+        )
+        server = SiteRuntime(job, SERVER, server_app)
+        sites = {site: SiteRuntime(job, site, app) for site, app in client_apps.items()}
+        backend.attach({SERVER: server, **sites})
+        module_state = _module_globals(spec.client)
+
+        status, result, error = "failed", None, None
+        with capture_site_logs(workspace, SERVER, self.log_level) as handler:
+            log.info("job %s starting on SimEnv with %d clients, workspace %s", spec.job_name, self.num_clients, workspace)
+            try:
+                wait([executor.submit(s.start) for s in sites.values()])
+                ready = [n for n, s in sites.items() if s.init_error is None]
+                server.start()
+                if server.init_error is not None:
+                    error = _format(server.init_error, "the server's @collab.init failed")
+                elif len(ready) < spec.min_clients:
+                    failed = {n: repr(s.init_error) for n, s in sites.items() if s.init_error is not None}
+                    error = (f"only {len(ready)} of {self.num_clients} clients started, min_clients is "
+                             f"{spec.min_clients}; failed @collab.init: {failed}")
+                else:
+                    try:
+                        result = server.run_main()
+                        status = "finished"
+                    except KeyboardInterrupt:
+                        job.abort("interrupted")
+                        raise
+                    except BaseException as exc:
+                        job.abort(f"main failed: {exc!r}")
+                        error = _format(exc, "@collab.main failed")
+                        log.error("job %s: @collab.main failed:\n%s", spec.job_name, error)
+            finally:
+                server.stop()
+                wait([executor.submit(s.stop) for s in sites.values()], timeout=60)
+                backend.close()
+                _warn_shared_module_state(spec.client, module_state, self.num_clients)
+                log.info("job %s %s in %.3f s", spec.job_name, status, time.monotonic() - started)
+        if error and status != "finished":
+            log.warning("job %s failed; see %s", spec.job_name, handler.path_for(SERVER))
+        logs = {site: handler.path_for(site) for site in [SERVER, *self.clients]}
+        return Run(
+            job_name=spec.job_name, status=status, result=result, error=error, workspace=workspace,
+            logs=logs, env=self.name, duration_s=time.monotonic() - started,
+        )
+
+
+def _format(exc: BaseException, what: str) -> str:
+    return f"{what}:\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def _module_globals(client: Any) -> dict[str, int] | None:
+    if not isinstance(client, types.ModuleType):
+        return None
+    return {k: id(v) for k, v in vars(client).items() if not k.startswith("__")}
+
+
+def _warn_shared_module_state(client: Any, before: dict[str, int] | None, num_clients: int) -> None:
+    """Module-level clients share one module between simulated sites: say so where it bites."""
+    if before is None or num_clients < 2:
+        return
+    changed = sorted(
+        k for k, v in vars(client).items()
+        if not k.startswith("__") and k in before and before[k] != id(v) and not callable(v)
+    )
+    if changed:
+        log.warning(
+            "module-level state %s of client module %s was reassigned during the simulation. In SimEnv "
+            "all %d sites share this one module, so they also share that state. For per-site state use "
+            "a client class (each site gets its own instance), or run in PocEnv (one process per site).",
+            ", ".join(changed), client.__name__, num_clients,
+        )
