@@ -72,7 +72,7 @@ def describe(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__} instance"
 
 
-@attrs.frozen
+@attrs.frozen(eq=False)
 class Interface:
     """The published methods of an app and their signatures: what callers validate against."""
 

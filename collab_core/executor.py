@@ -40,6 +40,9 @@ class ElasticExecutor:
                 raise RuntimeError(f"{self.name} pool is shut down")
             self._queue.append((fut, fn, args))
             if self._idle:
+                # the notifier, not the woken thread, takes it off the idle count: two submits
+                # before the first woken thread runs must wake two threads
+                self._idle -= 1
                 self._cond.notify()
             elif len(self._threads) - self._blocked < self.max_workers:
                 self._spawn()
@@ -57,7 +60,6 @@ class ElasticExecutor:
                 while not self._queue and not self._shutdown:
                     self._idle += 1
                     self._cond.wait()
-                    self._idle -= 1
                 if not self._queue:  # shut down and drained
                     return
                 fut, fn, args = self._queue.popleft()
@@ -89,6 +91,7 @@ class ElasticExecutor:
             for fut, _, _ in self._queue:
                 fut.cancel()
             self._queue.clear()
+            self._idle = 0
             self._cond.notify_all()
             threads = list(self._threads)
         if wait:

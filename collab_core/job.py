@@ -131,7 +131,10 @@ def _user_sources(modules: list[types.ModuleType]) -> dict[str, Path]:
         if root not in roots:
             roots.append(root)
     found: dict[str, Path] = {}
+    main = sys.modules.get("__main__")
     for mod in list(sys.modules.values()):
+        if mod is main and mod not in modules:
+            continue  # the script that built the recipe (job.py) is not part of the job
         file = getattr(mod, "__file__", None)
         if not file or not file.endswith(".py"):
             continue

@@ -72,9 +72,9 @@ class SiteFileHandler(logging.Handler):
 class capture_site_logs:
     """Route log records into per-site files for the duration of a ``with`` block.
 
-    If the root logger has no handlers and is at the default WARNING level, it is lowered to INFO
-    for the block, so that INFO records reach the site files (the console shows nothing new: with no
-    handlers, Python prints only WARNING and above).
+    If the root logger's level is above ``level`` it is lowered for the block so that INFO records
+    reach the site files; existing root handlers are raised to the old level meanwhile, so the
+    console shows exactly what it showed before.
     """
 
     def __init__(self, workspace: Path, default_site: str, level: int = logging.INFO):
@@ -84,6 +84,7 @@ class capture_site_logs:
 
     def __enter__(self) -> SiteFileHandler:
         root = logging.getLogger()
+        self._raised: list[tuple[logging.Handler, int]] = []
         if not root.handlers:
             # Python's last-resort handler stops printing once any handler exists: keep warnings
             # on the console with one of the same level, tagged with the site.
@@ -92,9 +93,14 @@ class capture_site_logs:
             self._console.addFilter(SiteFilter())
             self._console.setFormatter(logging.Formatter("%(levelname)s [%(site)s] %(name)s: %(message)s"))
             root.addHandler(self._console)
-            if root.level > self.handler.level:
-                self._old_level = root.level
-                root.setLevel(self.handler.level)
+        if root.level > self.handler.level:
+            # Let INFO records reach the site files without changing what existing handlers show.
+            self._old_level = root.level
+            for h in root.handlers:
+                if h.level < root.level:
+                    self._raised.append((h, h.level))
+                    h.setLevel(root.level)
+            root.setLevel(self.handler.level)
         root.addHandler(self.handler)
         return self.handler
 
@@ -105,4 +111,6 @@ class capture_site_logs:
             root.removeHandler(self._console)
         if self._old_level is not None:
             root.setLevel(self._old_level)
+        for h, level in self._raised:
+            h.setLevel(level)
         self.handler.close()

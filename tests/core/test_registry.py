@@ -289,7 +289,7 @@ def test_collab_plugins_json_command():
     by_name = {p["name"]: p for p in data}
     assert by_name["collab-core"]["components"]["command"] == ["plugins", "run"]
     if not CORE_ONLY:
-        assert by_name["collab-sim"]["components"] == {"environment": ["sim"]}
+        assert by_name["collab-sim"]["components"] == {"backend": ["inproc"], "environment": ["sim"]}
 
 
 def test_collab_plugins_table_command():
@@ -312,3 +312,44 @@ def test_cli_reports_broken_plugin_cleanly(installed_distribution, tmp_path):
     assert out.returncode == 2
     assert "collab: error:" in out.stderr and "collab-broken" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+SERIALIZER_DIST = """
+from collab_core import hookimpl
+from collab_core.wire import Serializer
+
+
+class Point:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+
+@hookimpl
+def collab_register_serializers(register):
+    register(Serializer(
+        name="collab_points.Point",
+        type_names=("collab_points.Point",),
+        encode=lambda p, ctx: [p.x, p.y],
+        decode=lambda data, ctx: Point(*data),
+    ))
+"""
+
+
+def test_serializer_from_an_installed_plugin_is_used_by_the_wire(installed_distribution):
+    from collab_core import wire
+
+    installed_distribution("collab-points", SERIALIZER_DIST)
+    import collab_points
+
+    comp = get_registry().component("serializer", "collab_points.Point")
+    assert comp.distribution == "collab-points"
+    header, buffers = wire.dumps({"p": collab_points.Point(1, 2.5)})
+    back = wire.loads(header, buffers)["p"]
+    assert type(back) is collab_points.Point and (back.x, back.y) == (1, 2.5)
+
+
+def test_serializer_registered_twice_names_both(installed_distribution):
+    installed_distribution("collab-points", SERIALIZER_DIST)
+    installed_distribution("collab-points2", SERIALIZER_DIST.replace("import Serializer", "import Serializer as Serializer"))
+    with pytest.raises(DuplicateComponentError, match="collab-points.*collab-points2|collab-points2.*collab-points"):
+        get_registry()

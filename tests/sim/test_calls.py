@@ -353,8 +353,8 @@ def test_nested_calls_do_not_deadlock_with_a_tiny_pool():
     def main():
         return sorted(v for _, v in collab.clients(timeout=60).aggregate(2))
 
-    # depth 2 with 6 clients: 1 + 5 * (1 + 4) = 26
-    assert run(Main(main), C(), n=6, max_workers=2) == [26] * 6
+    # depth 2 with 6 clients: 1 + 5 * (1 + 5 * 1) = 31
+    assert run(Main(main), C(), n=6, max_workers=2) == [31] * 6
 
 
 def test_isolation_copies_arguments_and_results():
@@ -590,9 +590,13 @@ def test_recipe_validation_errors():
     with pytest.raises(RecipeError, match="must take no arguments"):
         CollabRecipe(job_name="t", server=MainWithArgs(), client=Echo())
     with pytest.raises(RecipeError, match="belongs to the server"):
-        CollabRecipe(job_name="t", server=TwoMains.__new__(Main), client=Main(lambda: 1))
+        CollabRecipe(job_name="t", server=Main(lambda: 1), client=Main(lambda: 1))
+
+    class Nothing:
+        pass
+
     with pytest.raises(RecipeError, match="publishes no methods"):
-        CollabRecipe(job_name="t", server=Main(lambda: 1), client=Main.__new__(NoMain.__class__))
+        CollabRecipe(job_name="t", server=Main(lambda: 1), client=Nothing())
     with pytest.raises(RecipeError, match="is a class; pass an instance"):
         CollabRecipe(job_name="t", server=Main(lambda: 1), client=Echo)
     with pytest.raises(RecipeError, match="job_name"):

@@ -33,6 +33,7 @@ class InProcessBackend:
         self.executor = executor
         self.isolation = isolation
         self.sites: dict[str, SiteRuntime] = {}
+        self._in_flight: dict[int, Call] = {}
 
     def attach(self, sites: dict[str, SiteRuntime]) -> None:
         self.sites = sites
@@ -49,9 +50,16 @@ class InProcessBackend:
             except wire.WireError as exc:
                 raise CollabCallError(call.target, call.method, exc,
                                       message=f"cannot send the arguments of {call.method}() to {call.target}: {exc}") from None
+        self._in_flight[call.id] = call
         return self.executor.submit(self._run, site, call)
 
     def _run(self, site: SiteRuntime, call: Call) -> Any:
+        try:
+            return self._serve(site, call)
+        finally:
+            self._in_flight.pop(call.id, None)
+
+    def _serve(self, site: SiteRuntime, call: Call) -> Any:
         if call.cancelled.is_set():
             raise CollabCallError(call.target, call.method, CancelledError("cancelled before it started"))
         try:
@@ -69,5 +77,16 @@ class InProcessBackend:
     def cancel(self, call: Call) -> None:
         call.cancelled.set()
 
-    def close(self) -> None:
-        self.executor.shutdown(wait=False)
+    def cancel_all(self) -> list[Call]:
+        """Cancel every call still queued or running (the job is ending); return them."""
+        calls = list(self._in_flight.values())
+        for call in calls:
+            call.cancelled.set()
+        return calls
+
+    def close(self, grace: float = 10.0) -> list[str]:
+        """Cancel what is still running, wait up to ``grace`` seconds for it to return, and say
+        which threads ignored the cancellation (they are daemon threads: they do not block exit)."""
+        self.cancel_all()
+        self.executor.shutdown(wait=True, timeout=grace)
+        return [f"{c.method}() on {c.target}" for c in self._in_flight.values()]

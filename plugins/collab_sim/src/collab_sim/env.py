@@ -80,6 +80,8 @@ class SimEnv:
         self.max_workers = max_workers or min(32, len(clients) + 4)
         self.call_timeout = call_timeout
         self.log_level = logging.getLevelName(log_level) if isinstance(log_level, str) else log_level
+        #: how long the end of a job waits for @collab.final functions and cancelled calls
+        self.final_timeout = 30.0
 
     def __repr__(self) -> str:
         return f"SimEnv(num_clients={self.num_clients}, isolation={self.isolation!r})"
@@ -143,9 +145,16 @@ class SimEnv:
                         error = _format(exc, "@collab.main failed")
                         log.error("job %s: @collab.main failed:\n%s", spec.job_name, error)
             finally:
+                stragglers = backend.cancel_all()
+                if stragglers:
+                    log.info("job %s: cancelling %d call(s) still running after main returned",
+                             spec.job_name, len(stragglers))
                 server.stop()
-                wait([executor.submit(s.stop) for s in sites.values()], timeout=60)
-                backend.close()
+                wait([executor.submit(s.stop) for s in sites.values()], timeout=self.final_timeout)
+                ignored = backend.close(grace=self.final_timeout)
+                if ignored:
+                    log.warning("job %s: %d call(s) ignored cancellation and were abandoned after %.0f s: %s",
+                                spec.job_name, len(ignored), self.final_timeout, ", ".join(ignored[:10]))
                 _warn_shared_module_state(spec.client, module_state, self.num_clients)
                 log.info("job %s %s in %.3f s", spec.job_name, status, time.monotonic() - started)
         if error and status != "finished":
