@@ -38,12 +38,20 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", type=int, default=None, help="number of simulated clients")
     parser.add_argument("--workspace", default=None, help="where the run's workspace goes")
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    parser.add_argument("--result", metavar="FILE", default=None,
+                        help="also write the run's result to FILE in the wire format "
+                             "(read it back with collab_core.wire.read_frame)")
 
 
 def _run_run(args: argparse.Namespace) -> int:
     from .job import run_job_folder
 
     run = run_job_folder(args.job, env=args.env, num_clients=args.clients, workspace=args.workspace)
+    if args.result:
+        from . import wire
+
+        with open(args.result, "wb") as f:
+            wire.write_frame(f, run.result)
     summary = run.summary()
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
