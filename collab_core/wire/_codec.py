@@ -38,6 +38,7 @@ import attrs
 import msgpack
 
 from ..errors import CollabError
+from ..registry import get_registry
 
 __all__ = [
     "DecodeContext",
@@ -563,8 +564,6 @@ _explicit_cache: tuple[tuple[Any, ...], int, _Codec] | None = None
 def _codec(serializers: Sequence[Any] | None) -> _Codec:
     global _default_cache, _explicit_cache
     if serializers is None:
-        from ..registry import get_registry
-
         reg = get_registry()
         c = _default_cache
         if c is not None and c[0] is reg and c[1] == _user_version:

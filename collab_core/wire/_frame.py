@@ -53,6 +53,8 @@ _START = struct.Struct("<4sBBH")  # magic, version, flags, reserved
 _COUNTS = struct.Struct("<IQ")  # buffer count, header length
 PREFIX_SIZE = _START.size + _COUNTS.size  # 20
 
+#: Buffers received into a shared arena start at multiples of this (cache line, SIMD friendly).
+_ALIGN = 64
 #: Buffers at least this big are received into anonymous memory maps rather than bytearrays:
 #: the kernel hands out zeroed pages as they are written (no memset pass over the whole buffer)
 #: and growing one is a remap, not a copy.
@@ -62,7 +64,19 @@ try:
 except (AttributeError, ValueError, OSError):
     _IOV_MAX = 1024
 
+_MAP_PRIVATE = getattr(mmap, "MAP_PRIVATE", 0x02)
+_MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", None)
+
 RawFrame = tuple[memoryview, list[memoryview]]
+
+
+def _advise(m: mmap.mmap) -> None:
+    """Ask for transparent huge pages on big receive buffers: far fewer page faults to fill them."""
+    if _MADV_HUGEPAGE is not None and len(m) >= 2 * _MMAP_THRESHOLD:
+        try:
+            m.madvise(_MADV_HUGEPAGE)
+        except (OSError, ValueError):
+            pass
 
 
 def _prefix(header_len: int, lengths: Sequence[int]) -> bytes:
@@ -134,27 +148,41 @@ def _write_parts(writer: Any, parts: list[Any]) -> int:
 
 
 class _Target:
-    """A receive buffer of a declared size that grows as its bytes arrive."""
+    """Where the bytes of one field go: its own buffer, or a slice of a shared arena.
 
-    __slots__ = ("size", "buf", "filled")
+    An own buffer of a declared size grows as its bytes arrive and never holds more than
+    ``prealloc`` bytes beyond those already received.
+    """
 
-    def __init__(self, size: int, prealloc: int):
+    __slots__ = ("size", "buf", "filled", "prealloc", "base")
+
+    def __init__(self, size: int, prealloc: int, arena: Any = None, base: int = 0):
         self.size = size
         self.filled = 0
-        self.buf: Any = _alloc(min(size, prealloc))
+        self.prealloc = prealloc
+        self.base = base
+        self.buf: Any = _alloc(min(size, prealloc)) if arena is None else arena
 
     def view(self) -> memoryview:
         buf = self.buf
-        if self.filled == len(buf):
+        start = self.base + self.filled
+        if start == len(buf):  # only an own buffer can run out
             buf = self._grow()
-        return memoryview(buf)[self.filled :]
+        return memoryview(buf)[start : self.base + self.size]
+
+    def result(self) -> memoryview:
+        mv = memoryview(self.buf)
+        if self.base == 0 and mv.nbytes == self.size:
+            return mv
+        return mv[self.base : self.base + self.size]
 
     def _grow(self) -> Any:
         old = self.buf
-        new_len = min(self.size, max(2 * len(old), _MMAP_THRESHOLD))
+        new_len = min(self.size, self.filled + self.prealloc)
         if isinstance(old, mmap.mmap):
             try:
                 old.resize(new_len)
+                _advise(old)
                 return old
             except (BufferError, OSError, SystemError, ValueError):
                 pass
@@ -167,9 +195,12 @@ class _Target:
 def _alloc(n: int) -> Any:
     if n >= _MMAP_THRESHOLD:
         try:
-            return mmap.mmap(-1, n, flags=getattr(mmap, "MAP_PRIVATE", 0x02))
+            m = mmap.mmap(-1, n, flags=_MAP_PRIVATE)
         except (OSError, ValueError, TypeError):
             pass
+        else:
+            _advise(m)
+            return m
     try:
         return bytearray(n)
     except MemoryError:
@@ -202,7 +233,19 @@ class FrameDecoder:
         self._lengths: tuple[int, ...] = ()
         self._header: memoryview | None = None
         self._buffers: list[memoryview] = []
-        self._frame_bytes = 0
+        self._arena: Any = None
+        self._arena_pos = 0
+
+    def _new_arena(self, first: int, cap: int) -> None:
+        """One allocation for the run of small buffers from ``first`` on, up to ``cap`` bytes."""
+        total = 0
+        for n in self._lengths[first:]:
+            padded = (n + _ALIGN - 1) & -_ALIGN
+            if n > cap or (total and total + padded > cap):
+                break
+            total += padded
+        self._arena = _alloc(total)
+        self._arena_pos = 0
 
     @property
     def at_boundary(self) -> bool:
@@ -308,20 +351,27 @@ class FrameDecoder:
             self._state = 3
             return self._next_buffer()
         # state 3: a buffer is complete
-        t = self._target
-        mv = memoryview(t.buf)
-        self._buffers.append(mv if mv.nbytes == t.size else mv[: t.size])
+        self._buffers.append(self._target.result())
         return self._next_buffer()
 
     def _next_buffer(self) -> RawFrame | None:
         lengths = self._lengths
         buffers = self._buffers
+        cap = self.limits.max_prealloc_bytes
         while len(buffers) < len(lengths):
-            n = lengths[len(buffers)]
-            if n:
-                self._target = _Target(n, self.limits.max_prealloc_bytes)
+            i = len(buffers)
+            n = lengths[i]
+            if not n:
+                buffers.append(memoryview(bytearray()))
+                continue
+            if n > cap:  # a big buffer of its own, grown as it arrives
+                self._target = _Target(n, cap)
                 return None
-            buffers.append(memoryview(bytearray()))
+            if self._arena is None or self._arena_pos + n > len(self._arena):
+                self._new_arena(i, cap)
+            self._target = _Target(n, cap, self._arena, self._arena_pos)
+            self._arena_pos += (n + _ALIGN - 1) & -_ALIGN
+            return None
         header = self._header
         assert header is not None
         self._reset()
