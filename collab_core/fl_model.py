@@ -34,10 +34,14 @@ def _params_type(value: Any) -> str:
     raise ValueError(f"FLModel.params_type must be 'FULL' or 'DIFF' (or a ParamsType), got {value!r}")
 
 
+def _int(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not hasattr(type(value), "__index__"):  # int, numpy integers
+        raise TypeError(f"FLModel.{attribute.name} must be an int, got {value!r}")
+
+
 def _optional_int(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        if not hasattr(value, "__index__"):
-            raise TypeError(f"FLModel.{attribute.name} must be an int or None, got {value!r}")
+    if value is not None and not hasattr(type(value), "__index__"):
+        raise TypeError(f"FLModel.{attribute.name} must be an int or None, got {value!r}")
 
 
 def _summary(value: Any) -> str:
@@ -67,4 +71,4 @@ class FLModel:
     meta: dict[str, Any] = attrs.field(factory=dict)
     current_round: int | None = attrs.field(default=None, validator=_optional_int)
     total_rounds: int | None = attrs.field(default=None, validator=_optional_int)
-    start_round: int = attrs.field(default=0, validator=_optional_int)
+    start_round: int = attrs.field(default=0, validator=_int)

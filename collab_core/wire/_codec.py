@@ -100,7 +100,8 @@ class RemoteError(CollabError):
     """An exception raised on a peer, carried by the wire format.
 
     Any exception given to :func:`dumps` arrives as a ``RemoteError``: ``type_name`` is the
-    fully qualified name of the original class (``"builtins.ValueError"``), ``message`` its
+    qualified name of the original class (``"ValueError"`` for builtins, else
+    ``"module.QualName"``), ``message`` its
     ``str()``, ``traceback`` the traceback formatted on the peer ("" when it had none). The
     original class is never imported or instantiated on the receiving side.
     """
@@ -439,7 +440,7 @@ def _enc_exc(obj: BaseException, ctx: EncodeContext) -> list:
             tb = "".join(_traceback.format_exception(type(obj), obj, obj.__traceback__))
         except Exception:
             tb = ""
-    return [_X_EXC, qualified_name(type(obj)), message, tb]
+    return [_X_EXC, qualified_name(type(obj)).removeprefix("builtins."), message, tb]
 
 
 #: Encoders for builtin container/scalar types met along an MRO (identity match on the class).
@@ -649,6 +650,11 @@ def loads(
         raise WireError(f"the header must be bytes-like, got {type(header).__name__}") from None
     if hlen > lim.max_header_bytes:
         raise WireError(f"header of {hlen} bytes exceeds Limits.max_header_bytes={lim.max_header_bytes}")
+    if not isinstance(buffers, (list, tuple)):
+        try:
+            buffers = list(buffers)
+        except TypeError:
+            raise WireError(f"buffers must be a sequence of bytes-like objects, got {type(buffers).__name__}") from None
     if len(buffers) > lim.max_buffers:
         raise WireError(f"{len(buffers)} buffers exceed Limits.max_buffers={lim.max_buffers}")
     try:

@@ -447,8 +447,9 @@ def read_frame(
 ) -> Any:
     """Read and decode one frame from a socket (``recv_into``) or a binary file (``readinto``).
 
-    Buffers are received in place into fresh writable memory, so decoded arrays and tensors are
-    writable and own it. Raises :class:`FrameEOFError` (a WireError and an EOFError) when the
+    Buffers are received in place (``recv_into``/``readinto``, no intermediate copies) into fresh
+    writable memory, so decoded arrays and tensors are writable and share memory with nothing
+    the sender has (see :class:`FrameDecoder` for how that memory is allocated). Raises :class:`FrameEOFError` (a WireError and an EOFError) when the
     stream ends before a frame starts, WireError for anything malformed or over ``limits``
     (:class:`WireVersionError` for a peer of another version); I/O errors (``OSError``) pass through.
     """
