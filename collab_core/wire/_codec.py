@@ -32,7 +32,7 @@ import threading
 import traceback as _traceback
 from collections.abc import Callable, Iterable, Sequence
 from itertools import chain, repeat
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 import msgpack
@@ -242,9 +242,6 @@ class Serializer:
 def qualified_name(cls: type) -> str:
     """``module.QualName`` of a class, the form :attr:`Serializer.type_names` uses."""
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-T = TypeVar("T")
 
 
 def attrs_serializer(cls: type, name: str | None = None) -> Serializer:
