@@ -15,6 +15,7 @@ constructor parameter (``self.num_rounds = num_rounds``). Values must be JSON da
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import inspect
 import json
 import shutil
@@ -132,14 +133,17 @@ def _user_sources(modules: list[types.ModuleType]) -> dict[str, Path]:
             roots.append(root)
     found: dict[str, Path] = {}
     main = sys.modules.get("__main__")
-    for mod in list(sys.modules.values()):
+    installed = set(importlib.metadata.packages_distributions())  # pip-installed, editable too
+    for name, mod in list(sys.modules.items()):
         if mod is main and mod not in modules:
             continue  # the script that built the recipe (job.py) is not part of the job
+        if mod not in modules and name.partition(".")[0] in installed:
+            continue
         file = getattr(mod, "__file__", None)
         if not file or not file.endswith(".py"):
             continue
         path = Path(file).resolve()
-        if _is_library(path):
+        if _is_library(path) or not path.is_file():
             continue
         for root in roots:
             if path.is_relative_to(root):
