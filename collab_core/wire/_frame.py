@@ -19,6 +19,7 @@ speaks before it reads anything else.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import socket
@@ -239,7 +240,7 @@ class FrameDecoder:
     def _new_arena(self, first: int, cap: int) -> None:
         """One allocation for the run of small buffers from ``first`` on, up to ``cap`` bytes."""
         total = 0
-        for n in self._lengths[first:]:
+        for n in itertools.islice(self._lengths, first, None):
             padded = (n + _ALIGN - 1) & -_ALIGN
             if n > cap or (total and total + padded > cap):
                 break
