@@ -143,6 +143,9 @@ class Proxy:
         if not opts.blocking:
             return fut
         remaining = call.remaining()
+        helper = getattr(job.backend, "help", None)
+        if remaining is None and helper is not None:
+            helper(fut)  # no deadline: do the work here rather than wait for a thread
         try:
             with executor.blocking():
                 value = fut.result(timeout=None if remaining is None else max(remaining, 0))
@@ -307,15 +310,28 @@ class _GroupRun:
             fut = Future()
             fut.set_exception(exc)
         fut.add_done_callback(lambda f, c=call: self._done.put((c, f)))
+        self._unstarted.append(fut)
 
     def _start(self) -> None:
         """Send the first calls at once, so a non-blocking call is in flight before iteration."""
         self._pending = deque(self.targets)
         self._in_flight: dict[int, Call] = {}
         self._done: queue.SimpleQueue[tuple[Call, Future]] = queue.SimpleQueue()
+        self._unstarted: deque[Future] = deque()
+        helper = getattr(self.ctx.job.backend, "help", None)
+        self._helper = helper if self.deadline is None else None
         limit = self.opts.parallel or len(self.targets)
         while self._pending and len(self._in_flight) < limit:
             self._launch()
+
+    def _help_one(self) -> bool:
+        """With no deadline, run one of our calls that no worker has started on this thread."""
+        if self._helper is None:
+            return False
+        while self._unstarted:
+            if self._helper(self._unstarted.popleft()):
+                return True
+        return False
 
     def _run(self) -> Iterator[tuple[str, Any]]:
         backend = self.ctx.job.backend
@@ -337,12 +353,17 @@ class _GroupRun:
             while in_flight:
                 remaining = None if self.deadline is None else max(self.deadline - time.monotonic(), 0)
                 try:
-                    with executor.blocking():
-                        call, fut = done.get(timeout=remaining)
+                    call, fut = done.get_nowait()
                 except queue.Empty:
-                    timeout = self.opts.timeout or self.ctx.job.default_timeout
-                    give_up(lambda c: _timeout_error(c, timeout))
-                    break
+                    if self._help_one():
+                        continue
+                    try:
+                        with executor.blocking():
+                            call, fut = done.get(timeout=remaining)
+                    except queue.Empty:
+                        timeout = self.opts.timeout or self.ctx.job.default_timeout
+                        give_up(lambda c, t=timeout: _timeout_error(c, t))
+                        break
                 if in_flight.pop(call.id, None) is None:
                     continue
                 exc = fut.exception()

@@ -28,7 +28,7 @@ def _plugins_run(args: argparse.Namespace) -> int:
         rows.append((p.name, p.distribution, p.version, registers or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
+        print("  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3])
     return 0
 
 

@@ -4,7 +4,6 @@ site sees its own ``collab.site_name``, proxies and workspace."""
 from __future__ import annotations
 
 import contextvars
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +14,7 @@ import attrs
 from .errors import CollabError
 
 if TYPE_CHECKING:
-    from .runtime import JobRuntime
+    from .runtime import CancelFlag, JobRuntime
 
 
 @attrs.define(eq=False)
@@ -26,7 +25,7 @@ class SiteContext:
     job: JobRuntime
     workspace: Path
     #: set when the current call is cancelled or timed out at its caller
-    call_cancelled: threading.Event | None = None
+    call_cancelled: CancelFlag | None = None
 
     @property
     def is_server(self) -> bool:

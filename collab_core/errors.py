@@ -86,6 +86,11 @@ class GroupCallError(CollabCallError):
                 lines.extend("      " + ln for ln in err.remote_traceback.rstrip().splitlines())
         super().__init__(None, method, None, None, message="\n".join(lines))
 
+    @property
+    def sites_ok(self) -> list[str]:
+        """The sites that succeeded."""
+        return [site for site, _ in self.results]
+
     def __reduce__(self):
         return (type(self), (self.method, self.failures, self.results, self.needed, len(self.failures) + len(self.results)))
 

@@ -14,7 +14,8 @@ component and rejects duplicate names, so a plugin never overwrites another one 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 

@@ -29,6 +29,22 @@ SERVER = "server"
 _ids = itertools.count(1)
 
 
+class CancelFlag:
+    """A one-way flag, cheaper than threading.Event (no condition): nobody waits on it, code polls
+    it through ``collab.is_aborted``."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
 @attrs.define(eq=False)
 class Call:
     """One call of one method on one site."""
@@ -41,7 +57,7 @@ class Call:
     expect_result: bool = True
     deadline: float | None = None  # time.monotonic() value
     id: int = attrs.field(factory=lambda: next(_ids))
-    cancelled: threading.Event = attrs.field(factory=threading.Event)
+    cancelled: CancelFlag = attrs.field(factory=CancelFlag)
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
@@ -59,6 +75,9 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release threads, sockets and processes."""
+
+    # Optional: ``help(future) -> bool`` runs a submitted call on the calling thread if it has not
+    # started; core calls it when the caller has no deadline and would otherwise just wait.
 
 
 def remote_error(call: Call, exc: BaseException) -> CollabCallError:
@@ -118,8 +137,9 @@ class SiteRuntime:
         self.init_error: BaseException | None = None
         self.log = logging.getLogger("collab.site")
 
-    def _run_in_context(self, fn: Callable, *args: Any, cancelled: threading.Event | None = None, **kwargs: Any) -> Any:
-        ctx = self.context if cancelled is None else attrs.evolve(self.context, call_cancelled=cancelled)
+    def _run_in_context(self, fn: Callable, *args: Any, cancelled: CancelFlag | None = None, **kwargs: Any) -> Any:
+        c = self.context
+        ctx = c if cancelled is None else SiteContext(c.site_name, c.job, c.workspace, cancelled)
         with active(ctx):
             return fn(*args, **kwargs)
 

@@ -47,7 +47,7 @@ def test_without_blocking_marker_a_single_worker_would_wait_forever():
         inner_started = threading.Event()
 
         def outer():
-            inner = pool.submit(inner_started.set)
+            pool.submit(inner_started.set)
             return inner_started.wait(0.3)
 
         assert pool.submit(outer).result(5) is False

@@ -109,11 +109,13 @@ def test_failure_raises_group_error_naming_site_and_traceback():
         raise AssertionError("no error")
 
     exc = run(Main(main), Echo(), isolation="none")
-    assert list(exc.failures) == ["site-2"]
+    assert "site-2" in exc.failures
     assert "site-2" in str(exc) and "boom on site-2" in str(exc)
     assert "fail_on" in exc.failures["site-2"].remote_traceback
     assert exc.failures["site-2"].cause.type_name == "ValueError"
-    assert sorted(s for s, _ in exc.results) == ["site-1", "site-3"]
+    # the quorum (all 3) was lost with site-2: sites not done by then are cancelled, not waited on
+    for site in ("site-1", "site-3"):
+        assert site in exc.sites_ok or "cancelled" in str(exc.failures[site].cause)
 
 
 def test_min_responses_lets_main_go_on_with_failures():

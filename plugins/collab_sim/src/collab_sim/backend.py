@@ -74,6 +74,10 @@ class InProcessBackend:
                                       message=f"{call.method}() on {call.target} returned a value that cannot be sent: {exc}") from None
         return result
 
+    def help(self, fut: Future) -> bool:
+        """Run a submitted call on the calling thread if no worker has started it yet."""
+        return self.executor.help(fut)
+
     def cancel(self, call: Call) -> None:
         call.cancelled.set()
 
