@@ -66,6 +66,8 @@ class InProcessBackend:
             result = site.invoke(call)
         except BaseException as exc:
             raise remote_error(call, exc) from exc
+        finally:
+            call.args, call.kwargs = (), {}  # the site's copies are garbage now: free them early
         if self.isolation == "wire" and call.expect_result:
             try:
                 result = wire_copy(result)
