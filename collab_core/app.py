@@ -20,6 +20,29 @@ ROLE_ATTR = "__collab_role__"
 ROLES = ("main", "publish", "init", "final")
 
 
+class _Default:
+    """Stands for a default value known only by name on this side."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return "..."
+
+
+class _TextSignature(inspect.Signature):
+    """A signature rebuilt from :meth:`Interface.to_wire`; prints as the original text."""
+
+    __slots__ = ("_text",)
+
+    def __init__(self, parameters: list[inspect.Parameter], text: str):
+        super().__init__(parameters)
+        self._text = text
+
+    def __str__(self) -> str:
+        return self._text
+
+
 def mark(role: str) -> Callable[[Callable], Callable]:
     def decorator(fn: Callable) -> Callable:
         target = fn.__func__ if isinstance(fn, (staticmethod, classmethod)) else fn
@@ -78,6 +101,34 @@ class Interface:
 
     owner: str
     methods: dict[str, inspect.Signature]
+
+    def to_wire(self) -> dict[str, Any]:
+        """A plain-data form, so a process without the code can still validate calls."""
+        return {
+            "owner": self.owner,
+            "methods": {
+                name: {
+                    "text": str(sig),
+                    "params": [[p.name, int(p.kind), p.default is not p.empty] for p in sig.parameters.values()],
+                }
+                for name, sig in self.methods.items()
+            },
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Interface:
+        try:
+            methods = {}
+            for name, desc in data["methods"].items():
+                params = [
+                    inspect.Parameter(str(pname), inspect._ParameterKind(int(kind)),
+                                      default=_Default(desc["text"]) if has_default else inspect.Parameter.empty)
+                    for pname, kind, has_default in desc["params"]
+                ]
+                methods[str(name)] = _TextSignature(params, text=str(desc["text"]))
+            return cls(owner=str(data["owner"]), methods=methods)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RecipeError(f"malformed interface description: {exc!r}") from None
 
     def bind(self, method: str, args: tuple, kwargs: dict) -> None:
         """Check that ``method(*args, **kwargs)`` would bind, raising CallValidationError if not."""

@@ -206,7 +206,8 @@ def read_job_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
-def _build(desc: dict[str, Any], role: str) -> Any:
+def build_object(desc: dict[str, Any], role: str) -> Any:
+    """Import and build the server or client described in a job config (``{module, class, args}``)."""
     try:
         module = importlib.import_module(desc["module"])
     except ImportError as exc:
@@ -228,8 +229,8 @@ def load_job(path: str | Path) -> CollabRecipe:
     code = str(path / CODE_DIR)
     if code not in sys.path:
         sys.path.insert(0, code)
-    server = _build(config["server"], "server")
-    client = _build(config["client"], "client")
+    server = build_object(config["server"], "server")
+    client = build_object(config["client"], "client")
     recipe = CollabRecipe(
         job_name=config["job_name"],
         server=server,
@@ -257,3 +258,65 @@ def run_job_folder(path: str | Path, env: str = "sim", num_clients: int | None =
     environment = env_factory(num_clients=num_clients, **env_options)
     recipe = load_job(path)
     return recipe.execute(environment)
+
+
+def pack_job(path: str | Path) -> dict[str, bytes]:
+    """Every file of a job folder as {relative posix path: bytes} (to send it to another process)."""
+    path = Path(path)
+    read_job_config(path)
+    return {
+        p.relative_to(path).as_posix(): p.read_bytes()
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+def unpack_job(files: dict[str, bytes], dest: str | Path) -> Path:
+    """Write files from :func:`pack_job` under ``dest``, refusing any path that escapes it."""
+    dest = Path(dest)
+    root = dest.resolve()
+    if not isinstance(files, dict):
+        raise RecipeError("a job's files must be a {path: bytes} mapping")
+    for rel, data in files.items():
+        if not isinstance(rel, str) or not isinstance(data, (bytes, bytearray)):
+            raise RecipeError(f"bad job file entry {rel!r}")
+        parts = Path(rel).parts
+        if not rel or Path(rel).is_absolute() or ".." in parts or "\\" in rel:
+            raise RecipeError(f"refusing job file path {rel!r}: paths must be relative, without '..'")
+        target = (root / rel).resolve()
+        if not target.is_relative_to(root):
+            raise RecipeError(f"refusing job file path {rel!r}: it escapes the job folder")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(bytes(data))
+    read_job_config(dest)
+    return dest
+
+
+class JobCode:
+    """A job's code imported into this process, and removed again when the job ends.
+
+    The job folder's ``code/`` goes first on ``sys.path``; :meth:`unload` takes it off and forgets
+    every module imported from it, so the next job (perhaps with its own ``client.py``) starts clean.
+    """
+
+    def __init__(self, path: str | Path, custom_code: bool = True):
+        self.path = Path(path).resolve()
+        self.config = read_job_config(self.path)
+        self.code = self.path / CODE_DIR
+        self.custom_code = custom_code
+        self._added = False
+
+    def build(self, role: str) -> Any:
+        if self.custom_code and self.code.is_dir() and str(self.code) not in sys.path:
+            sys.path.insert(0, str(self.code))
+            self._added = True
+        importlib.invalidate_caches()
+        return build_object(self.config[role], role)
+
+    def unload(self) -> None:
+        if self._added and str(self.code) in sys.path:
+            sys.path.remove(str(self.code))
+        for name, mod in list(sys.modules.items()):
+            file = getattr(mod, "__file__", None)
+            if file and Path(file).resolve().is_relative_to(self.path):
+                del sys.modules[name]

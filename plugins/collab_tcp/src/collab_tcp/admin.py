@@ -1,0 +1,145 @@
+"""The admin side: submit a job folder to a server, follow it, ask for status."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from collab_core.errors import CollabError
+from collab_core.job import pack_job
+
+from .connection import Connection, ConnectionClosed, handshake
+from .kit import AuthError, Kit, peer_identity
+
+log = logging.getLogger("collab.tcp.admin")
+
+
+class AdminError(CollabError):
+    """The server refused an admin request, or could not be reached."""
+
+
+class AdminClient:
+    """An authenticated admin connection to a server (``with AdminClient(kit) as admin: ...``)."""
+
+    def __init__(self, kit: Kit, *, address: tuple[str, int] | None = None, timeout: float = 30.0):
+        if kit.role != "admin":
+            raise AuthError(f"{kit.path} is a {kit.role} kit; admin commands need an admin kit")
+        self.kit = kit
+        self.address = address or (kit.server_host, kit.server_port)
+        self.timeout = timeout
+        self._inbox: queue.Queue[dict | None] = queue.Queue()
+        self._rids = itertools.count(1)
+        self.conn: Connection | None = None
+        self._backlog: list[dict] = []  # messages that arrived while waiting for a reply
+
+    def connect(self) -> AdminClient:
+        try:
+            sock = socket.create_connection(self.address, timeout=self.timeout)
+        except OSError as exc:
+            raise AdminError(f"cannot reach the server at {self.address[0]}:{self.address[1]}: {exc}") from exc
+        try:
+            tls = handshake(sock, self.kit.client_context(), server_side=False, server_hostname=self.kit.server_host,
+                            timeout=self.timeout)
+            name, role = peer_identity(tls, self.kit.project)
+        except BaseException:
+            sock.close()
+            raise
+        if role != "server":
+            tls.close()
+            raise AuthError(f"the peer is a {role} ({name}), not the server")
+        self.conn = Connection(tls, name, "server", lambda c, m: self._inbox.put(m),
+                               lambda c, r: self._inbox.put(None), name="admin").start()
+        return self
+
+    def __enter__(self) -> AdminClient:
+        return self.connect() if self.conn is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close("admin done")
+
+    def _request(self, msg: dict, reply: str, timeout: float | None = None) -> dict:
+        if self.conn is None:
+            self.connect()
+        rid = next(self._rids)
+        try:
+            self.conn.send(dict(msg, rid=rid))
+        except ConnectionClosed as exc:
+            raise AdminError(f"the connection to the server is closed: {exc}") from exc
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AdminError(f"the server did not answer {msg['t']!r} within {timeout or self.timeout:.0f} s")
+            try:
+                got = self._inbox.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if got is None:
+                raise AdminError(f"the server closed the connection: {self.conn.close_reason}")
+            if got.get("rid") != rid:
+                self._backlog.append(got)
+                continue
+            if got["t"] == "error":
+                raise AdminError(str(got.get("error")))
+            if got["t"] != reply:
+                raise AdminError(f"unexpected answer {got['t']!r} to {msg['t']!r}")
+            return got
+
+    def submit(self, job_folder: str | Path, *, sites: list[str] | None = None, wait_timeout: float = 60.0,
+               deploy_timeout: float = 300.0, follow: bool = True) -> str:
+        """Send a job folder (``recipe.export(path)``); return the job id."""
+        files = pack_job(job_folder)
+        reply = self._request({"t": "submit", "files": files, "sites": sites, "wait_timeout": wait_timeout,
+                               "deploy_timeout": deploy_timeout, "follow": follow}, "submitted")
+        return reply["job"]
+
+    def follow(self, job: str, on_log: Callable[[str, list[str]], None] | None = None,
+               timeout: float | None = None, subscribe: bool = False) -> dict:
+        """Wait for ``job`` to end, calling ``on_log(site, lines)`` as log lines arrive; return the
+        ``job_done`` message (status, error, result, participants, logs)."""
+        if self.conn is None:
+            self.connect()
+        if subscribe:
+            self.conn.send({"t": "follow", "job": job})
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending, self._backlog = self._backlog, []
+        while True:
+            if pending:
+                msg = pending.pop(0)
+            else:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise AdminError(f"job {job} did not end within {timeout:.0f} s")
+                try:
+                    msg = self._inbox.get(timeout=remaining if remaining is not None else 1.0)
+                except queue.Empty:
+                    continue
+            if msg is None:
+                raise AdminError(f"lost the connection to the server while following job {job}: "
+                                 f"{self.conn.close_reason}")
+            if msg.get("job") != job:
+                continue
+            if msg["t"] == "log" and on_log is not None:
+                on_log(str(msg.get("site")), list(msg.get("lines", [])))
+            elif msg["t"] == "job_done":
+                return msg
+
+    def status(self) -> dict[str, Any]:
+        reply = self._request({"t": "status"}, "status")
+        return {k: reply[k] for k in ("project", "sites", "jobs", "current")}
+
+    def shutdown(self, sites: bool = True) -> None:
+        try:
+            self._request({"t": "shutdown", "sites": sites}, "bye", timeout=10)
+        except AdminError:
+            pass
