@@ -2,6 +2,7 @@
 @collab.publish. Run it:
 
     python examples/fedavg/fedavg_train.py            # 5 simulated sites, 5 rounds
+    python examples/fedavg/fedavg_train.py --env poc  # the same recipe as 6 processes over TLS
     python examples/fedavg/fedavg_train.py --export /tmp/fedavg_job && collab run /tmp/fedavg_job
 
 Each site fits a small linear model to its own synthetic data (same true weights, different
@@ -98,12 +99,21 @@ class FedAvg:
         return {"weights": global_weights, "losses": losses}
 
 
-def main(argv=None):
+def make_env(name: str, clients: int):
+    if name == "poc":
+        from collab_tcp import PocEnv
+
+        return PocEnv(num_clients=clients)
     from collab_sim import SimEnv
 
+    return SimEnv(num_clients=clients)
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--env", choices=["sim", "poc"], default="sim", help="where to run (default: sim)")
     parser.add_argument("--export", metavar="DIR", help="write the job folder instead of running it")
     args = parser.parse_args(argv)
 
@@ -113,7 +123,7 @@ def main(argv=None):
     if args.export:
         print(f"job folder written to {recipe.export(args.export)}")
         return 0
-    run = recipe.execute(SimEnv(num_clients=args.clients))
+    run = recipe.execute(make_env(args.env, args.clients))
     print(f"status: {run.status}")
     if run.status != "finished":
         print(run.error)

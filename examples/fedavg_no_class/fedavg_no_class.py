@@ -1,12 +1,14 @@
 """FedAvg with module-level functions -- no classes needed. CollabRecipe finds @collab.main and
 @collab.publish in this module by itself. Run it:
 
-    python examples/fedavg_no_class/fedavg_no_class.py
+    python examples/fedavg_no_class/fedavg_no_class.py          # SimEnv
+    python examples/fedavg_no_class/fedavg_no_class.py poc      # PocEnv: real processes
 
 Note: in SimEnv every simulated site shares this one module; keep per-site state out of module
 globals (or use a client class, which gives each site its own instance).
 """
 
+import sys
 import zlib
 
 import torch
@@ -68,7 +70,13 @@ def fed_avg():
 
 if __name__ == "__main__":
     recipe = CollabRecipe(job_name="fedavg", min_clients=5)
-    run = recipe.execute(SimEnv(num_clients=5))
+    if sys.argv[1:] == ["poc"]:
+        from collab_tcp import PocEnv
+
+        env = PocEnv(num_clients=5)
+    else:
+        env = SimEnv(num_clients=5)
+    run = recipe.execute(env)
     print(f"status: {run.status}")
     if run.status != "finished":
         print(run.error)

@@ -1,6 +1,6 @@
 """Ties server.py and client.py together. Run from anywhere:
 
-    python examples/fedavg_split/job.py [--export DIR]
+    python examples/fedavg_split/job.py [--export DIR | poc]
 """
 
 import sys
@@ -22,7 +22,13 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--export":
         print(f"job folder written to {recipe.export(sys.argv[2])}")
         raise SystemExit(0)
-    run = recipe.execute(SimEnv(num_clients=5))
+    if sys.argv[1:] == ["poc"]:
+        from collab_tcp import PocEnv
+
+        env = PocEnv(num_clients=5)
+    else:
+        env = SimEnv(num_clients=5)
+    run = recipe.execute(env)
     print(f"status: {run.status}")
     if run.status != "finished":
         print(run.error)

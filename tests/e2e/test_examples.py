@@ -79,3 +79,32 @@ def test_export_then_collab_run(tmp_path, example, args):
                          env=dict(os.environ, COLLAB_WORKSPACE_ROOT=str(tmp_path / "ws")))
     assert out.returncode == 0, out.stderr
     assert '"status": "finished"' in out.stdout
+
+
+# -- the same examples, unchanged, as real processes over TLS (PocEnv) -------------------------------
+
+
+def test_fedavg_classes_under_poc(tmp_path):
+    out = run_example([str(EXAMPLES / "fedavg" / "fedavg_train.py"), "--env", "poc", "--clients", "3",
+                       "--rounds", "3"], tmp_path, timeout=300)
+    assert "status: finished" in out
+    curve = losses(out, "global loss")
+    assert len(curve) == 3 and curve[-1] < curve[0] * 0.5
+    ws = Path(re.search(r"workspace \(logs per site\): (.+)", out).group(1).strip())
+    assert "site-2: loss" in (ws / "logs" / "site-2" / "log.txt").read_text()
+    assert "round 3: global loss" in (ws / "logs" / "server" / "log.txt").read_text()
+
+
+def test_fedavg_no_class_under_poc(tmp_path):
+    out = run_example([str(EXAMPLES / "fedavg_no_class" / "fedavg_no_class.py"), "poc"], tmp_path, timeout=300)
+    assert "status: finished" in out
+    curve = losses(out, "mean client loss")
+    assert len(curve) == 5 and curve[-1] < curve[0]
+
+
+def test_fedavg_separate_modules_under_poc(tmp_path):
+    out = run_example([str(EXAMPLES / "fedavg_split" / "job.py"), "poc"], tmp_path, timeout=300)
+    assert "status: finished" in out
+    weights = re.search(r"'fc.weight': \[([^\]]+)\]", out).group(1)
+    learned = [float(x) for x in weights.split(",")]
+    assert max(abs(a - b) for a, b in zip(learned, [0.5, 1.0, -1.0, 2.0, -2.0, 0.0, 1.5, -0.5, 0.25, 3.0], strict=True)) < 0.05
