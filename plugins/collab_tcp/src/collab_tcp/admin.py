@@ -43,12 +43,13 @@ class AdminClient:
             sock = socket.create_connection(self.address, timeout=self.timeout)
         except OSError as exc:
             raise AdminError(f"cannot reach the server at {self.address[0]}:{self.address[1]}: {exc}") from exc
+        tls = None
         try:
             tls = handshake(sock, self.kit.client_context(), server_side=False, server_hostname=self.kit.server_host,
                             timeout=self.timeout)
             name, role = peer_identity(tls, self.kit.project)
         except BaseException:
-            sock.close()
+            (tls or sock).close()  # after wrap_socket, sock is detached: close the TLS socket
             raise
         if role != "server":
             tls.close()

@@ -301,7 +301,12 @@ def handshake(sock: socket.socket, ctx: ssl.SSLContext, *, server_side: bool, se
     sock.settimeout(timeout)
     tls = ctx.wrap_socket(sock, server_side=server_side, server_hostname=server_hostname,
                           do_handshake_on_connect=False)
-    tls.do_handshake()
-    tls.settimeout(None)
-    tls.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # wrap_socket detaches ``sock``: from here on only closing ``tls`` closes the connection
+    try:
+        tls.do_handshake()
+        tls.settimeout(None)
+        tls.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        tls.close()
+        raise
     return tls

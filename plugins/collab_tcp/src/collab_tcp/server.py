@@ -149,13 +149,14 @@ class Server:
             threading.Thread(target=self._admit, args=(sock, addr), name=f"server-admit-{addr[1]}", daemon=True).start()
 
     def _admit(self, sock: socket.socket, addr: tuple) -> None:
+        tls = None
         try:
             tls = handshake(sock, self.ctx, server_side=True, timeout=15.0)
             name, role = peer_identity(tls, self.kit.project)
         except (ssl.SSLError, OSError, AuthError) as exc:
             log.warning("rejected connection from %s:%s: %s", addr[0], addr[1], exc)
             try:
-                sock.close()
+                (tls or sock).close()  # after wrap_socket, sock is detached: close the TLS socket
             except OSError:
                 pass
             return

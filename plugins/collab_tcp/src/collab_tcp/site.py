@@ -140,11 +140,12 @@ class SiteAgent:
     def _connect(self) -> Connection:
         host, port = self._server_address()
         sock = socket.create_connection((host, port), timeout=10)
+        tls = None
         try:
             tls = handshake(sock, self.ctx, server_side=False, server_hostname=self.kit.server_host)
             name, role = peer_identity(tls, self.kit.project)
         except BaseException:
-            sock.close()
+            (tls or sock).close()  # after wrap_socket, sock is detached: close the TLS socket
             raise
         if role != "server":
             tls.close()
