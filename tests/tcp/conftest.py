@@ -47,3 +47,24 @@ def kits(tmp_path_factory: pytest.TempPathFactory) -> ProvisionedKits:
         other_server=Kit.load(other["server"]),
         other_site=Kit.load(other["site-1"]),
     )
+
+
+# -- fixtures of the end-to-end tests (test_transport, test_jobs, test_faults, test_cli) ------------
+
+
+@pytest.fixture
+def make_cluster(kits: ProvisionedKits, tmp_path: Path):
+    """A factory of in-process clusters (a Server and SiteAgents on threads on 127.0.0.1); every
+    cluster it made is stopped at the end of the test."""
+    from .helpers import Cluster
+
+    made: list = []
+
+    def make(**options) -> Cluster:
+        cluster = Cluster(kits, tmp_path / f"cluster-{len(made)}", **options)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.close()
