@@ -120,11 +120,15 @@ def _is_library(path: Path) -> bool:
 
 
 def _user_sources(modules: list[types.ModuleType]) -> dict[str, Path]:
-    """The .py files of the user's modules and of every loaded module under the same folders."""
+    """The .py files of the user's modules and of every loaded module under the same folders.
+
+    Modules of installed distributions (collab itself, editable installs included) are never
+    the user's code."""
+    installed = set(importlib.metadata.packages_distributions())
     roots: list[Path] = []
     for module in modules:
         file = getattr(module, "__file__", None)
-        if not file:
+        if not file or _module_name(module).partition(".")[0] in installed:
             continue
         path = Path(file).resolve()
         depth = _module_name(module).count(".")
@@ -133,7 +137,6 @@ def _user_sources(modules: list[types.ModuleType]) -> dict[str, Path]:
             roots.append(root)
     found: dict[str, Path] = {}
     main = sys.modules.get("__main__")
-    installed = set(importlib.metadata.packages_distributions())  # pip-installed, editable too
     for name, mod in list(sys.modules.items()):
         if mod is main and mod not in modules:
             continue  # the script that built the recipe (job.py) is not part of the job
@@ -162,6 +165,10 @@ def export_job(recipe: RecipeBase, path: Path) -> Path:
         if not (path / JOB_FILE).exists():
             raise ExportError(f"{path} exists and is not a job folder; choose an empty or new folder")
         shutil.rmtree(path)
+    for obj in (spec.server, spec.client):
+        extra = getattr(obj, "collab_export_files", None)
+        if callable(extra) and not isinstance(obj, types.ModuleType):
+            sources.update(extra())
     code = path / CODE_DIR
     code.mkdir(parents=True, exist_ok=True)
     for rel, src in sorted(sources.items()):

@@ -114,6 +114,10 @@ class CollabRecipe(RecipeBase):
 
     ``server`` and ``client`` are objects (instances of your classes) or modules. Leave both out to
     use the module that creates the recipe (module-level functions, no classes).
+
+    Client API: pass ``train_script="client.py"`` (and ``script_args``) instead of ``client``; the
+    script uses ``import collab_core.client as flare`` and the server drives it with
+    ``collab.clients.execute(fl_model=...)`` and ``collab.clients.stop()``.
     """
 
     api = "collab"
@@ -125,8 +129,24 @@ class CollabRecipe(RecipeBase):
         client: Any = None,
         min_clients: int = 1,
         required_plugins: Iterable[str] = (),
+        train_script: str | None = None,
+        script_args: str | list[str] = "",
     ):
         super().__init__(job_name, min_clients, required_plugins)
+        if train_script is not None:
+            if client is not None:
+                raise RecipeError("pass either client= (Collab API) or train_script= (Client API), not both")
+            if server is None:
+                raise RecipeError("a train_script recipe needs server= (the object or module with @collab.main)")
+            from .bridge import ScriptClient, resolve_script
+
+            near = None
+            caller_file = getattr(_caller_module(), "__file__", None)
+            if caller_file:
+                near = Path(caller_file).resolve().parent
+            client = ScriptClient(resolve_script(train_script, near), script_args)
+        elif script_args:
+            raise RecipeError("script_args is for train_script recipes; pass train_script= too")
         if server is None and client is None:
             server = client = _caller_module()
         elif server is None or client is None:
@@ -150,6 +170,10 @@ class CollabRecipe(RecipeBase):
                 f"the client ({describe(client)}) publishes no methods; decorate the functions the "
                 f"server calls with @collab.publish"
             )
+
+    @property
+    def train_script(self) -> str | None:
+        return getattr(self.client, "train_script", None) if type(self.client).__name__ == "ScriptClient" else None
 
     def build_job(self) -> JobSpec:
         return JobSpec(

@@ -108,3 +108,35 @@ def test_fedavg_separate_modules_under_poc(tmp_path):
     weights = re.search(r"'fc.weight': \[([^\]]+)\]", out).group(1)
     learned = [float(x) for x in weights.split(",")]
     assert max(abs(a - b) for a, b in zip(learned, [0.5, 1.0, -1.0, 2.0, -2.0, 0.0, 1.5, -0.5, 0.25, 3.0], strict=True)) < 0.05
+
+
+# -- Client API ---------------------------------------------------------------------------------------
+
+
+def test_client_api_example_sim_poc_and_export(tmp_path):
+    job_py = str(EXAMPLES / "client_api" / "job.py")
+    sim = run_example([job_py], tmp_path)
+    assert "status: finished" in sim
+    sim_curve = losses(sim, "mean client loss")
+    assert len(sim_curve) == 3 and sim_curve[-1] < sim_curve[0] * 0.1
+    poc = run_example([job_py, "poc"], tmp_path, timeout=300)
+    assert "status: finished" in poc
+    assert losses(poc, "mean client loss") == pytest.approx(sim_curve, rel=1e-4)
+    job = tmp_path / "job"
+    run_example([job_py, "export", str(job)], tmp_path)
+    assert {p.name for p in (job / "code").iterdir()} >= {"client.py", "model.py", "server.py"}
+    collab = Path(sys.executable).with_name("collab")
+    out = subprocess.run([str(collab), "run", str(job), "--clients", "2", "--json"], capture_output=True, text=True,
+                         timeout=180, cwd=tmp_path, env=dict(os.environ, COLLAB_WORKSPACE_ROOT=str(tmp_path / "ws")))
+    assert out.returncode == 0, out.stderr
+    assert '"status": "finished"' in out.stdout
+
+
+def test_migration_steps_give_the_same_losses(tmp_path):
+    one = run_example([str(EXAMPLES / "migration" / "step1_collab.py")], tmp_path)
+    two = run_example([str(EXAMPLES / "migration" / "step2_client_api.py")], tmp_path)
+    line = re.compile(r"losses: (.+)")
+    first = [float(x) for x in line.search(one).group(1).split()]
+    second = [float(x) for x in line.search(two).group(1).split()]
+    assert len(first) == 4 and first[-1] < first[0] * 0.1
+    assert first == second
