@@ -69,7 +69,13 @@ def role_of(obj: Any) -> str | None:
 
 
 def _definitions(obj: Any) -> list[tuple[str, str]]:
-    """(name, role) of every decorated callable of obj, in definition order."""
+    """(name, role) of every decorated callable of obj, in definition order.
+
+    An object may instead describe itself with ``collab_definitions() -> [(name, role)]`` (a
+    proxy whose methods run elsewhere, e.g. in a torchrun worker group)."""
+    custom = getattr(type(obj), "collab_definitions", None)
+    if custom is not None and not isinstance(obj, types.ModuleType):
+        return list(custom(obj))
     found: dict[str, str] = {}
     if isinstance(obj, types.ModuleType):
         for name, value in vars(obj).items():

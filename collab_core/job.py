@@ -105,6 +105,13 @@ def _describe_object(obj: Any, role: str) -> tuple[dict[str, Any], types.ModuleT
     return {"module": _module_name(module), "class": cls.__qualname__, "args": args}, module
 
 
+def describe_client(obj: Any) -> dict[str, Any]:
+    """``{module, class, args}`` of a client object or module, as a job config records it (so
+    another process can rebuild it with :func:`build_object`)."""
+    desc, _ = _describe_object(obj, "client")
+    return desc
+
+
 def _is_json(value: Any) -> bool:
     try:
         json.dumps(value)

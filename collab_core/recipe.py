@@ -131,8 +131,16 @@ class CollabRecipe(RecipeBase):
         required_plugins: Iterable[str] = (),
         train_script: str | None = None,
         script_args: str | list[str] = "",
+        launch_external_process: bool = False,
+        command: str | None = None,
+        subprocess_timeout: float = 600.0,
     ):
         super().__init__(job_name, min_clients, required_plugins)
+        if launch_external_process:
+            self._setup_subprocess(server, client, train_script, script_args, command, subprocess_timeout)
+            return
+        if command is not None:
+            raise RecipeError("command= is for launch_external_process=True; pass that too")
         if train_script is not None:
             if client is not None:
                 raise RecipeError("pass either client= (Collab API) or train_script= (Client API), not both")
@@ -170,6 +178,39 @@ class CollabRecipe(RecipeBase):
                 f"the client ({describe(client)}) publishes no methods; decorate the functions the "
                 f"server calls with @collab.publish"
             )
+
+    def _setup_subprocess(self, server: Any, client: Any, train_script: str | None, script_args: Any,
+                          command: str | None, subprocess_timeout: float) -> None:
+        """launch_external_process=True: the site forwards its calls to a worker group (collab-torchrun)."""
+        requirement = "collab-torchrun>=0.1"
+        self.required_plugins = tuple(dict.fromkeys((*self.required_plugins, requirement)))
+        check_required_plugins([requirement])
+        from collab_torchrun.client import SubprocessClient
+
+        if server is None:
+            raise RecipeError("launch_external_process=True needs server= (the object or module with @collab.main)")
+        if not command or not isinstance(command, str):
+            raise RecipeError("launch_external_process=True needs command=, e.g. 'torchrun --nproc_per_node=2' or 'python'")
+        if not isinstance(subprocess_timeout, (int, float)) or subprocess_timeout <= 0:
+            raise RecipeError(f"subprocess_timeout must be a positive number of seconds, got {subprocess_timeout!r}")
+        if (train_script is None) == (client is None):
+            raise RecipeError("launch_external_process=True needs either train_script= (Client API) or "
+                              "client= (a module or object with @collab.publish methods), not both")
+        caller_file = getattr(_caller_module(), "__file__", None)
+        near = Path(caller_file).resolve().parent if caller_file else None
+        if train_script is not None:
+            from .bridge import resolve_script
+
+            proxy = SubprocessClient(command, subprocess_timeout, train_script=str(resolve_script(train_script, near)),
+                                     script_args=script_args)
+        else:
+            from .job import describe_client
+
+            proxy = SubprocessClient(command, subprocess_timeout, client=describe_client(client))
+        self.server = server
+        self.client = proxy
+        App(server, role="server")
+        App(proxy, role="client")
 
     @property
     def train_script(self) -> str | None:

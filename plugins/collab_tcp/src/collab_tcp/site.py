@@ -41,7 +41,7 @@ class _Forwarder(logging.Handler):
         self._thread.start()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.name.startswith("collab.tcp.connection"):
+        if record.name in ("collab.connection", "collab.tcp"):  # our own transport: not the job's
             return
         try:
             line = self.format(record)
@@ -225,6 +225,11 @@ class SiteAgent:
         elif kind == "end":
             if job is not None and msg.get("job") == job.id:
                 self.executor.submit(self._end, conn, job)
+            else:  # not (or no longer) running it, e.g. it failed to load: nothing to end, say so now
+                try:
+                    conn.send({"t": "ended", "job": msg.get("job")})
+                except ConnectionClosed:
+                    pass
         elif kind == "exit":
             log.info("site %s: the server asked this site to exit", self.name)
             self.stop()

@@ -1,0 +1,299 @@
+"""A message channel between two processes: messages in chunks, heartbeats, liveness.
+
+Used over TLS by collab-tcp (site <-> server) and over a local socket by collab-torchrun
+(site <-> worker ranks).
+
+Every message is a :mod:`collab_core.wire` frame, cut into chunks of at most ``CHUNK`` bytes. A
+chunk is ``stream id (u32) | flags (u8) | length (u32)`` followed by its bytes; chunks of
+different messages interleave, so a 4 GiB state dict never holds up heartbeats or small calls:
+the writer sends every waiting control message before the next chunk of a bulk one. The reader
+writes each chunk straight into the destination buffers of that stream's
+:class:`collab_core.wire.FrameDecoder` (no extra copy, memory bounded by the payload itself).
+
+Liveness: each side sends a ``ping`` every ``heartbeat`` seconds of send-silence, and closes a
+connection from which nothing arrived for ``dead_after`` seconds. Any malformed chunk or frame
+closes the connection with a logged reason; nothing else in the process is affected.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from collab_core import wire
+
+log = logging.getLogger("collab.connection")
+
+CHUNK = 1 << 20
+MAX_CHUNK = 4 << 20
+_CHUNK_HEADER = struct.Struct("<IBI")
+START, END = 1, 2
+#: A message whose frame is at most this big goes out as one chunk, ahead of bulk transfers.
+SMALL = 64 << 10
+#: Limits for frames from peers: no size cap but memory; headers and buffer counts bounded.
+PEER_LIMITS = wire.Limits(max_header_bytes=256 << 20, max_buffers=1 << 20)
+
+
+class ConnectionClosed(ConnectionError):
+    """The connection is closed; ``reason`` says why."""
+
+
+class _Bulk:
+    """A large outgoing message: its chunks, produced lazily from views of the frame parts."""
+
+    def __init__(self, sid: int, parts: list[Any]):
+        self.sid = sid
+        self.views = [p if isinstance(p, memoryview) else memoryview(p) for p in parts]
+        self.views = [v.cast("B") if v.format != "B" or v.ndim != 1 else v for v in self.views]
+        self.chunks = self._chunks()
+
+    def _chunks(self) -> Iterator[tuple[int, list[memoryview]]]:
+        total = sum(v.nbytes for v in self.views)
+        sent = 0
+        batch: list[memoryview] = []
+        size = 0
+        for view in self.views:
+            pos = 0
+            while pos < view.nbytes:
+                take = min(CHUNK - size, view.nbytes - pos)
+                batch.append(view[pos : pos + take])
+                size += take
+                pos += take
+                if size == CHUNK:
+                    flags = (START if sent == 0 else 0) | (END if sent + size == total else 0)
+                    yield flags, batch
+                    sent += size
+                    batch, size = [], 0
+        if batch or sent == 0:
+            yield (START if sent == 0 else 0) | END, batch
+
+
+class Connection:
+    """A message channel over a connected (TLS) socket. ``on_message(conn, msg)`` runs on the
+    reader thread and must not block; ``on_close(conn, reason)`` runs once when it closes."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        peer: str,
+        role: str,
+        on_message: Callable[[Connection, dict], None],
+        on_close: Callable[[Connection, str], None],
+        heartbeat: float = 2.0,
+        dead_after: float = 10.0,
+        name: str = "",
+        logger: logging.Logger | None = None,
+    ):
+        self.sock = sock
+        self.peer = peer
+        self.role = role
+        self.on_message = on_message
+        self.on_close = on_close
+        self.heartbeat = heartbeat
+        self.dead_after = dead_after
+        self.name = name or f"conn-{peer}"
+        self.log = logger or log
+        self.closed = threading.Event()
+        self.close_reason = ""
+        self.last_rx = time.monotonic()
+        self._cond = threading.Condition()
+        self._control: deque[tuple[int, list[Any]]] = deque()
+        self._bulk: deque[_Bulk] = deque()
+        self._next_sid = 1
+        self._threads: list[threading.Thread] = []
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def start(self) -> Connection:
+        for target, suffix in ((self._read_loop, "rx"), (self._write_loop, "tx")):
+            t = threading.Thread(target=target, name=f"{self.name}-{suffix}", daemon=True)
+            self._threads.append(t)
+            t.start()
+        return self
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.role} {self.peer}{' closed' if self.closed.is_set() else ''}>"
+
+    # -- sending ----------------------------------------------------------------------------------
+
+    def send(self, msg: dict) -> None:
+        """Queue ``msg`` for sending; raises ConnectionClosed if the connection is closed, and
+        WireError (at the sender) if ``msg`` holds something the wire cannot carry."""
+        parts = wire.frame_parts(msg)
+        size = sum(memoryview(p).nbytes for p in parts)
+        with self._cond:
+            if self.closed.is_set():
+                raise ConnectionClosed(f"connection to {self.peer} is closed: {self.close_reason}")
+            sid = self._next_sid
+            self._next_sid = (sid + 1) & 0xFFFFFFFF or 1
+            if size <= SMALL:
+                self._control.append((sid, parts))
+            else:
+                self._bulk.append(_Bulk(sid, parts))
+            self._cond.notify()
+
+    def _write_loop(self) -> None:
+        sock = self.sock
+        try:
+            while True:
+                with self._cond:
+                    while not self._control and not self._bulk and not self.closed.is_set():
+                        if not self._cond.wait(self.heartbeat):
+                            self._control.append((0, wire.frame_parts({"t": "ping"})))
+                    if self.closed.is_set():
+                        return
+                    if self._control:
+                        sid, parts = self._control.popleft()
+                        data = b"".join(parts)
+                        out = [_CHUNK_HEADER.pack(sid, START | END, len(data)) + data]
+                    else:
+                        bulk = self._bulk[0]
+                        flags, views = next(bulk.chunks)
+                        if flags & END:
+                            self._bulk.popleft()
+                        elif len(self._bulk) > 1:
+                            self._bulk.rotate(-1)  # several bulk transfers share the line
+                        n = sum(v.nbytes for v in views)
+                        out = [_CHUNK_HEADER.pack(bulk.sid, flags, n), *views]
+                for piece in out:
+                    sock.sendall(piece)
+                    self.bytes_sent += len(piece) if isinstance(piece, bytes) else piece.nbytes
+        except (OSError, ValueError) as exc:
+            self.close(f"send failed: {exc}")
+        except Exception as exc:  # a bug: never leave the peer hanging
+            self.log.exception("writer of %s crashed", self.name)
+            self.close(f"writer crashed: {exc!r}")
+
+    # -- receiving --------------------------------------------------------------------------------
+
+    def _recv_exact(self, view: memoryview) -> None:
+        got = 0
+        n = view.nbytes
+        while got < n:
+            k = self.sock.recv_into(view[got:])
+            if k == 0:
+                raise ConnectionClosed("the peer closed the connection")
+            got += k
+            self.bytes_received += k
+            self.last_rx = time.monotonic()
+
+    def _read_loop(self) -> None:
+        head = bytearray(_CHUNK_HEADER.size)
+        head_view = memoryview(head)
+        streams: dict[int, wire.FrameDecoder] = {}
+        try:
+            while not self.closed.is_set():
+                self._recv_exact(head_view)
+                sid, flags, n = _CHUNK_HEADER.unpack(head)
+                if n > MAX_CHUNK:
+                    raise wire.WireError(f"chunk of {n} bytes exceeds the maximum of {MAX_CHUNK}")
+                if flags & ~(START | END):
+                    raise wire.WireError(f"unknown chunk flags {flags:#x}")
+                dec = streams.get(sid)
+                if flags & START:
+                    if dec is not None:
+                        raise wire.WireError(f"stream {sid} started twice")
+                    dec = streams[sid] = wire.FrameDecoder(PEER_LIMITS)
+                elif dec is None:
+                    raise wire.WireError(f"chunk for stream {sid}, which was never started")
+                frame = None
+                remaining = n
+                while remaining:
+                    if frame is not None:
+                        raise wire.WireError(f"stream {sid}: bytes after the end of its frame")
+                    buf = dec.get_buffer()
+                    take = min(buf.nbytes, remaining)
+                    self._recv_exact(buf[:take])
+                    del buf
+                    remaining -= take
+                    frame = dec.buffer_updated(take)
+                if flags & END:
+                    del streams[sid]
+                    if frame is None:
+                        raise wire.WireError(f"stream {sid} ended inside a frame")
+                    msg = wire.loads(*frame, limits=PEER_LIMITS)
+                    if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
+                        raise wire.WireError("a message must be a dict with a string 't'")
+                    if msg["t"] != "ping":
+                        self.on_message(self, msg)
+                elif frame is not None:
+                    raise wire.WireError(f"stream {sid}: frame complete before its last chunk")
+        except ConnectionClosed as exc:
+            self.close(str(exc))
+        except wire.WireError as exc:
+            self.log.warning("closing connection to %s (%s): malformed data: %s", self.peer, self.role, exc)
+            self.close(f"malformed data from peer: {exc}")
+        except (OSError, ValueError) as exc:
+            self.close(f"receive failed: {exc}")
+        except Exception as exc:
+            self.log.exception("reader of %s crashed", self.name)
+            self.close(f"reader crashed: {exc!r}")
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def check_alive(self, now: float | None = None) -> bool:
+        """Close the connection if nothing arrived for ``dead_after`` seconds; True if alive."""
+        if self.closed.is_set():
+            return False
+        silent = (now or time.monotonic()) - self.last_rx
+        if silent > self.dead_after:
+            self.close(f"no heartbeat from {self.peer} for {silent:.1f} s")
+            return False
+        return True
+
+    def close(self, reason: str) -> None:
+        with self._cond:
+            if self.closed.is_set():
+                return
+            self.close_reason = reason
+            self.closed.set()
+            self._control.clear()
+            self._bulk.clear()
+            self._cond.notify_all()
+        self.log.info("connection to %s (%s) closed: %s", self.peer, self.role, reason)
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        try:
+            self.on_close(self, reason)
+        except Exception:
+            self.log.exception("on_close handler of %s failed", self.name)
+
+
+class Heartbeats:
+    """One thread that checks every registered connection's liveness."""
+
+    def __init__(self, interval: float = 1.0):
+        self.interval = interval
+        self._conns: set[Connection] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="collab-heartbeats", daemon=True)
+        self._thread.start()
+
+    def add(self, conn: Connection) -> None:
+        with self._lock:
+            self._conns.add(conn)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                conns = list(self._conns)
+            for c in conns:
+                if not c.check_alive():
+                    with self._lock:
+                        self._conns.discard(c)
+
+    def stop(self) -> None:
+        self._stop.set()
