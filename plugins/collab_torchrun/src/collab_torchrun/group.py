@@ -7,6 +7,7 @@ SIGTERM, then SIGKILL after a grace period -- leaves no orphan rank behind.
 
 from __future__ import annotations
 
+import contextvars
 import hmac
 import itertools
 import json
@@ -25,7 +26,7 @@ from collab_core.connection import Connection, ConnectionClosed
 from collab_core.errors import CollabError
 
 from .launchers import make_launcher
-from .worker import ENV_ADDR, ENV_SPEC, ENV_TOKEN
+from .protocol import ENV_ADDR, ENV_SPEC, ENV_TOKEN
 
 log = logging.getLogger("collab.torchrun")
 _ids = itertools.count(1)
@@ -70,7 +71,9 @@ class WorkerGroup:
         log.info("%s: starting worker group: %s", self.site, " ".join(argv))
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env, start_new_session=True)
-        threading.Thread(target=self._pump_output, name=f"{self.site}-worker-output", daemon=True).start()
+        ctx = contextvars.copy_context()  # the output lands in this site's log
+        threading.Thread(target=ctx.run, args=(self._pump_output,), name=f"{self.site}-worker-output",
+                         daemon=True).start()
         threading.Thread(target=self._accept, name=f"{self.site}-worker-accept", daemon=True).start()
         deadline = time.monotonic() + self.timeout
         with self.cond:

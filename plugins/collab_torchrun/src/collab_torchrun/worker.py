@@ -23,9 +23,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-ENV_ADDR = "COLLAB_WORKER_ADDR"
-ENV_TOKEN = "COLLAB_WORKER_TOKEN"
-ENV_SPEC = "COLLAB_WORKER_SPEC"
+from collab_torchrun.protocol import ENV_ADDR, ENV_SPEC, ENV_TOKEN
 
 log = logging.getLogger("collab.worker")
 
