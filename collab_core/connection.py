@@ -107,12 +107,15 @@ class Connection:
         self._bulk: deque[_Bulk] = deque()
         self._next_sid = 1
         self._threads: list[threading.Thread] = []
+        self._io_running = 0  # reader and writer threads still using the socket
         self.bytes_sent = 0
         self.bytes_received = 0
 
     def start(self) -> Connection:
+        with self._cond:
+            self._io_running = 2
         for target, suffix in ((self._read_loop, "rx"), (self._write_loop, "tx")):
-            t = threading.Thread(target=target, name=f"{self.name}-{suffix}", daemon=True)
+            t = threading.Thread(target=self._io_thread, args=(target,), name=f"{self.name}-{suffix}", daemon=True)
             self._threads.append(t)
             t.start()
         return self
@@ -137,6 +140,16 @@ class Connection:
             else:
                 self._bulk.append(_Bulk(sid, parts))
             self._cond.notify()
+
+    def _io_thread(self, loop: Callable[[], None]) -> None:
+        try:
+            loop()
+        finally:
+            with self._cond:
+                self._io_running -= 1
+                last = self._io_running == 0
+            if last:  # the socket is closed once no thread can touch its descriptor any more
+                self._close_socket()
 
     def _write_loop(self) -> None:
         sock = self.sock
@@ -177,7 +190,7 @@ class Connection:
         n = view.nbytes
         while got < n:
             k = self.sock.recv_into(view[got:])
-            if k == 0:
+            if k == 0 or self.closed.is_set():
                 raise ConnectionClosed("the peer closed the connection")
             got += k
             self.bytes_received += k
@@ -257,18 +270,28 @@ class Connection:
             self._bulk.clear()
             self._cond.notify_all()
         self.log.info("connection to %s (%s) closed: %s", self.peer, self.role, reason)
+        # Shut down, which wakes the reader and writer, but close the socket only when both have
+        # stopped: closing it under them frees its descriptor number for the next socket this
+        # process opens, and a reader or writer still running would then read or write that one.
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        with self._cond:
+            idle = self._io_running == 0
+        if idle:
+            self._close_socket()
         try:
             self.on_close(self, reason)
         except Exception:
             self.log.exception("on_close handler of %s failed", self.name)
+
+
+    def _close_socket(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
 
 
 class Heartbeats:
