@@ -163,6 +163,45 @@ class Cluster:
         self.server.stop()
 
 
+class ProcCluster(Cluster):
+    """An in-process Server (inspectable) with real site processes (``collab site start``) that
+    find it through a port file."""
+
+    def __init__(self, kits: Any, root: Path, **options: Any):
+        super().__init__(kits, root, **options)
+        self.port_file = self.root / "server.port"
+        write_port_file(self.port_file, self.address)
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def log_path(self, name: str) -> Path:
+        return self.root / "processes" / f"{name}.log"
+
+    def start_site(self, name: str, wait: bool = True, **kwargs: Any) -> subprocess.Popen:  # type: ignore[override]
+        proc = start_site_process(self.kits.sites[name].path, self.port_file, self.root / "sites" / name,
+                                  self.log_path(name), heartbeat=kwargs.get("heartbeat", self.heartbeat),
+                                  dead_after=kwargs.get("dead_after", self.dead_after))
+        self.procs[name] = proc
+        if wait:
+            def up():
+                if proc.poll() is not None:
+                    raise AssertionError(f"site {name} exited with {proc.returncode}:\n{tail(self.log_path(name))}")
+                return name in self.connected()
+
+            wait_for(up, TIMEOUT, what=f"site process {name} to connect")
+        return proc
+
+    def stop_site(self, name: str, timeout: float = 10.0) -> None:  # type: ignore[override]
+        terminate([self.procs.pop(name)], timeout)
+
+    def close(self) -> None:
+        procs = list(self.procs.values())
+        self.procs.clear()
+        try:
+            terminate(procs, 10.0)
+        finally:
+            super().close()
+
+
 def job_record(server: Server, job_id: str):
     return server.jobs[job_id]
 
