@@ -152,8 +152,9 @@ class SiteAgent:
             raise AuthError(f"the peer at {host}:{port} presents a {role} certificate ({name}), not the server's")
         conn = Connection(tls, name, "server", self._on_message, self._on_close, self.heartbeat, self.dead_after,
                           name=f"{self.name}-server")
+        conn.hello_job = self.job.id if self.job else None  # what the server's welcome will answer
         conn.start()
-        conn.send({"t": "hello", "job": self.job.id if self.job else None})
+        conn.send({"t": "hello", "job": conn.hello_job})
         return conn
 
     def run(self) -> None:
@@ -205,7 +206,9 @@ class SiteAgent:
         kind = msg["t"]
         job = self.job
         if kind == "welcome":
-            if job is not None and msg.get("job") != job.id:
+            # The answer to our hello speaks only of the job the hello announced: a job deployed
+            # on this connection since (its deploy can overtake the welcome) is newer than it.
+            if job is not None and job.id == getattr(conn, "hello_job", None) and msg.get("job") != job.id:
                 log.warning("site %s: the server no longer runs job %s; dropping it", self.name, job.id)
                 self.executor.submit(self._unload, job)
         elif kind == "deploy":
