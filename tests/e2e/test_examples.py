@@ -140,3 +140,27 @@ def test_migration_steps_give_the_same_losses(tmp_path):
     second = [float(x) for x in line.search(two).group(1).split()]
     assert len(first) == 4 and first[-1] < first[0] * 0.1
     assert first == second
+
+
+# -- multi-process clients: torchrun with 2 ranks per site (CPU, gloo) --------------------------------
+
+
+def _ddp_losses(out):
+    assert "status: finished" in out, out
+    return losses(out, "mean loss")
+
+
+def test_ddp_client_api_example_sim_and_poc(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLLAB_DDP_BACKEND", "gloo")
+    sim = _ddp_losses(run_example([str(EXAMPLES / "ddp" / "job.py")], tmp_path, timeout=300))
+    assert len(sim) == 3 and sim[-1] < sim[0] * 0.01
+    poc = _ddp_losses(run_example([str(EXAMPLES / "ddp" / "job.py"), "poc"], tmp_path, timeout=300))
+    assert poc == pytest.approx(sim, rel=1e-3)
+
+
+def test_ddp_mode3_example_matches_the_client_api_one(tmp_path):
+    out = run_example([str(EXAMPLES / "ddp" / "mode3_job.py")], tmp_path, timeout=300)
+    mode3 = _ddp_losses(out)
+    assert len(mode3) == 3 and mode3[-1] < mode3[0] * 0.01
+    workers = re.search(r"workers \(site, rank-0 pid, world size\): (.+)", out).group(1)
+    assert workers.count(", 2)") == 2  # one 2-rank group per site, kept for all rounds
