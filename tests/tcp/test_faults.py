@@ -105,10 +105,18 @@ def watch_for_file(path: Path, action, timeout: float = 60.0) -> tuple[threading
 # -- a site killed mid-round ----------------------------------------------------------------------
 
 KILL = """
-import os, time
+import os, threading, time
 from pathlib import Path
 from collab_core import collab
 from collab_core.errors import CollabCallError
+
+_lock = threading.Lock()
+_arrived = []
+
+def spin():
+    t0 = time.monotonic()
+    while not collab.is_aborted and time.monotonic() - t0 < 60:
+        time.sleep(0.01)
 
 class Server:
     def __init__(self, quorum):
@@ -116,13 +124,12 @@ class Server:
 
     @collab.main
     def run(self):
-        t0 = time.time()
         group = collab.clients(min_responses=2) if self.quorum else collab.clients
-        res = group.work()  # site-2 gets SIGKILLed while it works
+        res = group.work()  # site-2 gets SIGKILLed while it works (and while site-1 waits on it)
         failed_at = time.time()
         failure = res.failures.get("site-2")
         again = collab.clients(min_responses=2).quick()
-        return {"ok": sorted(res.sites), "failed_at": failed_at, "started": t0,
+        return {"ok": sorted(res.sites), "failed_at": failed_at, "relayed": dict(res)["site-1"],
                 "failure": [type(failure).__name__, type(failure.cause).__name__, str(failure.cause)],
                 "second_round": [sorted(again.sites), sorted(again.failures)]}
 
@@ -130,14 +137,29 @@ class Client:
     def __init__(self, signal_dir):
         self.signal_dir = signal_dir
 
+    def arrived(self, what):
+        with _lock:  # site-2 says it is ready to die once both calls are in flight
+            _arrived.append(what)
+            if len(_arrived) == 2:
+                Path(self.signal_dir, "site-2.pid").write_text(str(os.getpid()))
+
     @collab.publish
     def work(self):
         if collab.site_name == "site-2":
-            Path(self.signal_dir, "site-2.pid").write_text(str(os.getpid()))
-            t0 = time.monotonic()
-            while not collab.is_aborted and time.monotonic() - t0 < 60:
-                time.sleep(0.01)
+            self.arrived("work")
+            spin()
+        elif collab.site_name == "site-1":  # a relayed call to site-2 in flight when it dies
+            try:
+                collab.clients["site-2"].hold()
+                return ["no error"]
+            except CollabCallError as e:
+                return [type(e.cause).__name__, str(e.cause), time.time()]
         return collab.site_name
+
+    @collab.publish
+    def hold(self):
+        self.arrived("hold")
+        spin()
 
     @collab.publish
     def quick(self):
@@ -182,6 +204,10 @@ def test_a_site_killed_mid_round_fails_its_call_at_once(tmp_path, poc_envs, quor
         # the socket closed: the call failed long before the 10 s liveness limit
         assert r["failed_at"] - killed["at"] < 3.0, (r["failed_at"], killed["at"])
         assert r["second_round"] == [["site-1", "site-3"], ["site-2"]]
+        # site-1's relayed call to site-2 failed at once too (the server fails relays to a lost site)
+        cause, text, failed_at = r["relayed"]
+        assert cause == "RemoteError" and "ConnectionError" in text and "site-2" in text, r["relayed"]
+        assert failed_at - killed["at"] < 3.0
     else:
         assert run.status == "failed"
         assert "@collab.main failed" in run.error and "GroupCallError" in run.error
