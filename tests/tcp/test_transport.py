@@ -16,7 +16,7 @@ import time
 import pytest
 
 from collab_core import wire
-from collab_tcp.connection import MAX_CHUNK, Connection
+from collab_tcp.connection import MAX_CHUNK, Connection, ConnectionClosed
 from collab_tcp.site import SiteAgent
 
 from .helpers import (
@@ -118,12 +118,15 @@ def test_connection_carries_messages_both_ways_small_and_chunked_interleaved():
         time.sleep(0.5)
         assert {m["t"] for m in inbox["b"]} == {"big", "small"}
         assert a.check_alive() and b.check_alive()
+        a.close("test done")
+        wait_for(lambda: "b" in closed, 5, what="the peer to see the close")
+        assert closed["a"] == "test done"
+        assert "closed" in closed["b"]
+        with pytest.raises(ConnectionClosed):
+            a.send({"t": "late"})
     finally:
         a.close("test done")
         b.close("test done")
-    wait_for(lambda: "b" in closed, 5, what="the peer to see the close")
-    assert closed["a"] == "test done"
-    assert "closed" in closed["b"]
 
 
 def test_connection_with_a_silent_peer_is_declared_dead_after_dead_after():
