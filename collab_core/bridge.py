@@ -61,6 +61,17 @@ def script_argv(train_script: str | Path, script_args: str | list[str] | tuple[s
     return [str(train_script), *args]
 
 
+def log_metric(key: str, value: Any, step: int | None) -> None:
+    """``flare.log``: a tracking record when the job has a tracker, else a line in the site log."""
+    from . import tracking
+
+    ctx = current(required=False)
+    if ctx is not None and ctx.job.tracking:
+        tracking.emit({"tool": "flare", "op": "scalar", "tag": key, "value": value, "step": step})
+    else:
+        log.info("metric %s=%s%s", key, value, "" if step is None else f" step={step}")
+
+
 class _InProcessBridge:
     """One site's end of the handshake between ``execute`` and the script's receive/send."""
 
@@ -117,7 +128,7 @@ class _InProcessBridge:
         return not self.stopped and self.abort_reason is None
 
     def log_metric(self, key: str, value: Any, step: int | None) -> None:
-        log.info("metric %s=%s%s", key, value, "" if step is None else f" step={step}")
+        log_metric(key, value, step)
 
     # -- the script's thread ----------------------------------------------------------------------
 

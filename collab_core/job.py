@@ -192,6 +192,7 @@ def export_job(recipe: RecipeBase, path: Path) -> Path:
         "required_plugins": list(spec.required_plugins),
         "server": server,
         "client": client,
+        "tracking": list(spec.tracking),
         "code": sorted(sources),
     }
     (path / JOB_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
@@ -251,6 +252,7 @@ def load_job(path: str | Path) -> CollabRecipe:
         client=client,
         min_clients=config["min_clients"],
         required_plugins=config.get("required_plugins", ()),
+        tracking=config.get("tracking") or None,
     )
     return recipe
 

@@ -31,6 +31,7 @@ class JobSpec:
     min_clients: int
     required_plugins: tuple[str, ...]
     recipe_class: str
+    tracking: tuple[dict[str, Any], ...] = ()
 
 
 class Environment(Protocol):
@@ -54,7 +55,8 @@ class RecipeBase:
     #: Plugins every instance needs, in addition to those passed to the constructor.
     required_plugins: tuple[str, ...] = ()
 
-    def __init__(self, job_name: str, min_clients: int = 1, required_plugins: Iterable[str] = ()):
+    def __init__(self, job_name: str, min_clients: int = 1, required_plugins: Iterable[str] = (),
+                 tracking: Any = None):
         if not isinstance(job_name, str) or not _JOB_NAME.match(job_name):
             raise RecipeError(
                 f"job_name {job_name!r} is not valid: use 1-128 letters, digits, '_', '.' or '-', "
@@ -67,7 +69,25 @@ class RecipeBase:
         self.job_name = job_name
         self.min_clients = min_clients
         self.required_plugins = tuple(type(self).required_plugins) + tuple(required_plugins)
+        self.tracking: list[dict[str, Any]] = []
+        if tracking:
+            for entry in tracking_entries(tracking):
+                self.add_tracking(entry["name"], **entry["options"])
 
+    def add_tracking(self, name: str, **options: Any) -> RecipeBase:
+        """Send the metrics client code logs to the tracker ``name`` ("tensorboard", "mlflow",
+        "wandb", or any installed tracker plugin) with ``options`` (e.g. ``tracking_uri=``).
+        Checked at once: a tracker that is not installed fails here, with its install line."""
+        from .tracking import normalize_config
+
+        requirement = "collab-tracking>=0.1"
+        check_required_plugins([requirement])
+        entry = normalize_config([{"name": name, "options": options}])[0]
+        if any(e["name"] == name for e in self.tracking):
+            raise RecipeError(f"tracker {name!r} is already configured for this recipe")
+        self.tracking.append(entry)
+        self.required_plugins = tuple(dict.fromkeys((*self.required_plugins, requirement)))
+        return self
     def build_job(self) -> JobSpec:
         raise NotImplementedError(f"{type(self).__name__} must implement build_job()")
 
@@ -90,6 +110,24 @@ class RecipeBase:
         from .job import export_job
 
         return export_job(self, Path(path))
+
+
+def tracking_entries(tracking: Any) -> list[dict[str, Any]]:
+    """``"mlflow"``, ``["tensorboard", ("mlflow", {...})]`` or ``[{"name", "options"}]`` as a list of
+    ``{"name", "options"}`` (not yet checked against the installed trackers)."""
+    if isinstance(tracking, str):
+        tracking = [tracking]
+    out = []
+    for item in tracking:
+        if isinstance(item, str):
+            out.append({"name": item, "options": {}})
+        elif isinstance(item, dict) and "name" in item:
+            out.append({"name": item["name"], "options": dict(item.get("options") or {})})
+        elif isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str):
+            out.append({"name": item[0], "options": dict(item[1])})
+        else:
+            raise RecipeError(f"tracking entries are tracker names like 'tensorboard', or (name, options); got {item!r}")
+    return out
 
 
 def _caller_module() -> types.ModuleType:
@@ -134,8 +172,9 @@ class CollabRecipe(RecipeBase):
         launch_external_process: bool = False,
         command: str | None = None,
         subprocess_timeout: float = 600.0,
+        tracking: Any = None,
     ):
-        super().__init__(job_name, min_clients, required_plugins)
+        super().__init__(job_name, min_clients, required_plugins, tracking=tracking)
         if launch_external_process:
             self._setup_subprocess(server, client, train_script, script_args, command, subprocess_timeout)
             return
@@ -225,6 +264,7 @@ class CollabRecipe(RecipeBase):
             min_clients=self.min_clients,
             required_plugins=self.required_plugins,
             recipe_class=f"{type(self).__module__}:{type(self).__qualname__}",
+            tracking=tuple(self.tracking),
         )
 
     def __repr__(self) -> str:

@@ -32,6 +32,8 @@ class Run:
     logs: dict[str, Path] = attrs.field(factory=dict)
     env: str = ""
     duration_s: float = 0.0
+    #: per tracking receiver: records written, skipped, and the failure that switched it off
+    tracking: dict[str, dict[str, Any]] = attrs.field(factory=dict)
 
     def get_result(self) -> Any:
         """The result (the seeds' spelling)."""

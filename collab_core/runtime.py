@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
+from . import tracking
 from .app import App, Interface
 from .context import SiteContext, active
 from .errors import CollabCallError, CollabError
@@ -114,6 +115,10 @@ class JobRuntime:
         self.default_timeout = default_timeout
         self.aborted = threading.Event()
         self.abort_reason: str | None = None
+        #: the recipe's tracking configuration ([{"name", "options"}]); empty: no tracker
+        self.tracking: list[dict[str, Any]] = []
+        #: per-job state of plugins and services (tracking buffers, the tracking hub, ...)
+        self.extras: dict[str, Any] = {}
 
     def interface_of(self, site: str) -> Interface:
         return self.interfaces["server" if site == self.server_name else "client"]
@@ -155,7 +160,8 @@ class SiteRuntime:
                 return
 
     def stop(self) -> list[BaseException]:
-        """Run the @final callables; every one runs even if an earlier one fails."""
+        """Run the @final callables; every one runs even if an earlier one fails. Then flush the
+        site's tracking records."""
         errors = []
         for fn in self.app.final:
             try:
@@ -164,6 +170,8 @@ class SiteRuntime:
                 errors.append(exc)
                 with active(self.context):
                     self.log.error("@collab.final %s failed on %s", fn.__qualname__, self.site_name, exc_info=True)
+        with active(self.context):
+            tracking.flush_site(self.job, self.site_name)
         return errors
 
     def invoke(self, call: Call) -> Any:
@@ -173,8 +181,18 @@ class SiteRuntime:
                 f"{self.site_name} is not serving calls: its @collab.init failed with "
                 f"{type(self.init_error).__name__}: {self.init_error}"
             )
+        if call.method == tracking.SYSTEM_METHOD and self.site_name == self.job.server_name:
+            (records,) = call.args
+            tracking.deliver(self.job, records)
+            return None
         fn = self.app.method(call.method)
-        return self._run_in_context(fn, *call.args, cancelled=call.cancelled, **call.kwargs)
+        try:
+            return self._run_in_context(fn, *call.args, cancelled=call.cancelled, **call.kwargs)
+        finally:
+            # the call's records reach the server before its result reaches the caller
+            if "tracking_buffers" in self.job.extras:
+                with active(self.context):
+                    tracking.flush_site(self.job, self.site_name)
 
     def run_main(self) -> Any:
         assert self.app.main is not None

@@ -14,6 +14,7 @@ from concurrent.futures import wait
 from pathlib import Path
 from typing import Any
 
+from collab_core import tracking
 from collab_core.app import App, make_client_object
 from collab_core.errors import RecipeError
 from collab_core.executor import ElasticExecutor
@@ -115,6 +116,10 @@ class SimEnv:
             {"server": server_app.interface, "client": first.interface},
             workspace, default_timeout=self.call_timeout,
         )
+        job.tracking = list(spec.tracking)
+        hub = tracking.build_hub(job.tracking, workspace / SERVER, spec.job_name)
+        if hub is not None:
+            job.extras["tracking_hub"] = hub
         server = SiteRuntime(job, SERVER, server_app)
         sites = {site: SiteRuntime(job, site, app) for site, app in client_apps.items()}
         backend.attach({SERVER: server, **sites})
@@ -152,6 +157,7 @@ class SimEnv:
                 server.stop()
                 wait([executor.submit(s.stop) for s in sites.values()], timeout=self.final_timeout)
                 ignored = backend.close(grace=self.final_timeout)
+                tracking_report = hub.close() if hub is not None else {}
                 if ignored:
                     log.warning("job %s: %d call(s) ignored cancellation and were abandoned after %.0f s: %s",
                                 spec.job_name, len(ignored), self.final_timeout, ", ".join(ignored[:10]))
@@ -162,7 +168,7 @@ class SimEnv:
         logs = {site: handler.path_for(site) for site in [SERVER, *self.clients]}
         return Run(
             job_name=spec.job_name, status=status, result=result, error=error, workspace=workspace,
-            logs=logs, env=self.name, duration_s=time.monotonic() - started,
+            logs=logs, env=self.name, duration_s=time.monotonic() - started, tracking=tracking_report,
         )
 
 

@@ -44,7 +44,8 @@ def _run_from_done(job_name: str, done: dict, workspace: Path, env: str, started
         path.write_text(text, encoding="utf-8")
         logs[site] = path
     return Run(job_name=job_name, status=done["status"], result=done.get("result"), error=done.get("error"),
-               workspace=workspace, logs=logs, env=env, duration_s=time.monotonic() - started)
+               workspace=workspace, logs=logs, env=env, duration_s=time.monotonic() - started,
+               tracking=done.get("tracking") or {})
 
 
 class PocEnv:

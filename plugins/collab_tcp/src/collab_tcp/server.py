@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from collab_core import wire
+from collab_core import tracking, wire
 from collab_core.app import App, Interface
 from collab_core.executor import ElasticExecutor
 from collab_core.job import JobCode, unpack_job
@@ -63,6 +63,7 @@ class JobRecord:
     log_files: dict[str, Any] = attrs.field(factory=dict)
     started: float = 0.0
     finished: float = 0.0
+    tracking_report: dict[str, Any] = attrs.field(factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "status": self.status, "participants": self.participants,
@@ -458,6 +459,7 @@ class Server:
                 logs[path.parent.name] = path.read_text(encoding="utf-8", errors="replace")
         return {"t": "job_done", "job": job.id, "status": job.status, "error": job.error,
                 "result": job.result, "participants": job.participants, "logs": logs,
+                "tracking": job.tracking_report,
                 "workspace": str(job.workspace) if job.workspace else None}
 
     def _wait(self, job: JobRecord, predicate, timeout: float) -> bool:
@@ -515,7 +517,8 @@ class Server:
 
     def _deploy_and_run(self, job: JobRecord, code: JobCode, server_app: App, min_clients: int, handler) -> None:
         deploy = {"t": "deploy", "job": job.id, "name": job.name, "files": job.files,
-                  "participants": job.participants, "server_interface": server_app.interface.to_wire()}
+                  "participants": job.participants, "server_interface": server_app.interface.to_wire(),
+                  "tracking": code.config.get("tracking") or []}
         for site in job.participants:
             conn = self.sites.get(site)
             if conn is not None:
@@ -537,6 +540,10 @@ class Server:
         backend = TcpBackend(job.id, lambda t: self.sites.get(t) if t in job.joined else None)
         runtime = JobRuntime(job.name, ready, backend, {"server": server_app.interface, "client": client_interface},
                              job.workspace)
+        runtime.tracking = list(code.config.get("tracking") or [])
+        hub = tracking.build_hub(runtime.tracking, job.workspace / SERVER, job.name)
+        if hub is not None:
+            runtime.extras["tracking_hub"] = hub
         server = SiteRuntime(runtime, SERVER, server_app)
         job.backend = backend
         job.call_server = CallServer(job.id, server, self.executor)
@@ -561,6 +568,8 @@ class Server:
         finally:
             job.call_server.cancel_all()
             self._end_sites(job)
+            if hub is not None:
+                job.tracking_report = hub.close()
             backend.close()
             job.backend = None
             job.call_server = None

@@ -261,6 +261,7 @@ class SiteAgent:
             server_interface = Interface.from_wire(msg["server_interface"])
             job.runtime = JobRuntime(job.name, list(msg["participants"]), job.backend,
                                      {"server": server_interface, "client": app.interface}, job.folder / "workspace")
+            job.runtime.tracking = list(msg.get("tracking") or [])
             job.site = SiteRuntime(job.runtime, self.name, app)
             job.site.start()
             if job.site.init_error is not None:

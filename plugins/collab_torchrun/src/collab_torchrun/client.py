@@ -111,7 +111,10 @@ class SubprocessClient:
         import sys
 
         ctx_ws = collab.workspace
-        spec: dict[str, Any] = {"job": collab.job_name, "workspace": str(ctx_ws), "sys_path": [p for p in sys.path if p]}
+        from collab_core.context import current
+
+        spec: dict[str, Any] = {"job": collab.job_name, "workspace": str(ctx_ws), "sys_path": [p for p in sys.path if p],
+                                "tracking": bool(current().job.tracking)}
         if self.train_script:
             from collab_core.bridge import resolve_script, script_argv
 

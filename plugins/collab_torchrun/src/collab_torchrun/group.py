@@ -22,7 +22,9 @@ import time
 from collections import deque
 from typing import Any
 
+from collab_core import tracking
 from collab_core.connection import Connection, ConnectionClosed
+from collab_core.context import current
 from collab_core.errors import CollabError
 
 from .launchers import make_launcher
@@ -57,6 +59,7 @@ class WorkerGroup:
         self.failed: str | None = None
         self._listener: socket.socket | None = None
         self._token = secrets.token_hex(32)
+        self.site_ctx = current(required=False)  # the site this group works for (tracking records)
 
     # -- start ------------------------------------------------------------------------------------
 
@@ -171,6 +174,8 @@ class WorkerGroup:
                 self.results.setdefault(msg["id"], {})[rank] = msg
             elif kind == "exit":
                 self.exits[rank] = msg.get("error")
+            elif kind == "tracking" and self.site_ctx is not None:
+                tracking.buffer_for(self.site_ctx.job, self.site).extend(list(msg.get("records") or []))
             self.cond.notify_all()
 
     def _on_close(self, conn: Connection, reason: str) -> None:

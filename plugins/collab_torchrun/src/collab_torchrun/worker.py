@@ -27,6 +27,23 @@ from collab_torchrun.protocol import ENV_ADDR, ENV_SPEC, ENV_TOKEN
 
 log = logging.getLogger("collab.worker")
 
+_records: list[dict] = []
+_records_lock = threading.Lock()
+
+
+def _collect(record: dict) -> None:
+    with _records_lock:
+        _records.append(record)
+
+
+def flush_records(conn: Any) -> None:
+    """Send this worker's tracking records to the site (before a result, so they arrive first)."""
+    with _records_lock:
+        batch = list(_records)
+        _records.clear()
+    if batch:
+        conn.send({"t": "tracking", "records": batch})
+
 
 class _Prefixed:
     """A text stream that prefixes every line (``[site-1 rank 1] ...``)."""
@@ -87,6 +104,7 @@ class WorkerBridge:
         self.current: dict | None = None
         self.stopped = False
         self.abort_reason: str | None = None
+        self.tracking = False
 
     def init(self, rank: Any) -> None:
         if rank is not None and str(rank) != str(self.rank):
@@ -126,6 +144,7 @@ class WorkerBridge:
         if self.current is None:
             raise ScriptError("flare.send() without a task: call flare.receive() first")
         task, self.current = self.current, None
+        flush_records(self.conn)
         self.conn.send({"t": "result", "id": task["id"], "ok": True, "value": model})
 
     def is_running(self) -> bool:
@@ -144,7 +163,13 @@ class WorkerBridge:
         return not self.stopped
 
     def log_metric(self, key: str, value: Any, step: int | None) -> None:
-        if self.rank == 0:
+        if self.rank != 0:
+            return
+        if self.tracking:
+            from collab_core import tracking
+
+            tracking.emit({"tool": "flare", "op": "scalar", "tag": key, "value": value, "step": step})
+        else:
             log.info("metric %s=%s%s", key, value, "" if step is None else f" step={step}")
 
 
@@ -184,6 +209,7 @@ def run_script(spec: dict, conn: Any, inbox: queue.Queue, rank: int) -> int:
     from collab_core import client as flare
 
     bridge = WorkerBridge(conn, rank, spec["site"])
+    bridge.tracking = bool(spec.get("tracking"))
     flare.set_process_bridge(bridge)
 
     def pump() -> None:
@@ -209,6 +235,7 @@ def run_script(spec: dict, conn: Any, inbox: queue.Queue, rank: int) -> int:
     except BaseException as exc:
         error = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         print(error, file=sys.stderr, flush=True)
+    flush_records(conn)
     conn.send({"t": "exit", "error": error})
     time.sleep(0.2)
     return 1 if error else 0
@@ -253,6 +280,8 @@ def serve_module(spec: dict, conn: Any, inbox: queue.Queue, rank: int) -> int:
         msg = pending.get()
         if msg is None or msg["t"] == "stop":
             site.stop()
+            if msg is not None:
+                flush_records(conn)
             return 0
         if msg["t"] != "call":
             continue
@@ -267,6 +296,7 @@ def serve_module(spec: dict, conn: Any, inbox: queue.Queue, rank: int) -> int:
         finally:
             running.pop(msg["id"], None)
         try:
+            flush_records(conn)
             conn.send(out)
         except Exception as exc:  # the value cannot cross the wire
             conn.send({"t": "result", "id": msg["id"], "ok": False, "error": exc})
@@ -294,6 +324,9 @@ def main() -> int:
         print("the site refused this worker", file=sys.stderr)
         return 3
     _site_context(spec)
+    from collab_core import tracking
+
+    tracking.set_process_sink(_collect)
     if spec["mode"] == "script":
         return run_script(spec, conn, inbox, rank)
     return serve_module(spec, conn, inbox, rank)
