@@ -43,11 +43,14 @@ class Environment(Protocol):
 
 
 class RecipeBase:
-    """Base of every recipe.
+    """Base of every recipe: a job's server and client, the plugins it needs, its trackers.
 
-    Subclasses set :attr:`api` (the programming model; environments pick the backend that serves
-    it) and implement :meth:`build_job`. ``required_plugins`` lists PEP 508 requirements checked
-    before anything starts.
+    To write a recipe, subclass it with only the parts that differ: set :attr:`api` if it is not
+    the Collab API, and implement :meth:`make_server` (the object with ``@collab.main``). The client
+    side comes from the constructor's keywords -- ``client=`` (an object or module with
+    ``@collab.publish`` methods) or ``train_script=`` (a Client API script), optionally in a worker
+    group (``launch_external_process=True, command="torchrun ..."``) -- and so do ``tracking=`` and
+    ``required_plugins=``. ``execute(env)`` and ``export(path)`` then work in every environment.
     """
 
     #: The programming model this recipe uses; explicit, never guessed from the code.
@@ -55,8 +58,20 @@ class RecipeBase:
     #: Plugins every instance needs, in addition to those passed to the constructor.
     required_plugins: tuple[str, ...] = ()
 
-    def __init__(self, job_name: str, min_clients: int = 1, required_plugins: Iterable[str] = (),
-                 tracking: Any = None):
+    def __init__(
+        self,
+        job_name: str,
+        min_clients: int = 1,
+        required_plugins: Iterable[str] = (),
+        tracking: Any = None,
+        *,
+        client: Any = None,
+        train_script: str | None = None,
+        script_args: str | list[str] = "",
+        launch_external_process: bool = False,
+        command: str | None = None,
+        subprocess_timeout: float = 600.0,
+    ):
         if not isinstance(job_name, str) or not _JOB_NAME.match(job_name):
             raise RecipeError(
                 f"job_name {job_name!r} is not valid: use 1-128 letters, digits, '_', '.' or '-', "
@@ -73,6 +88,70 @@ class RecipeBase:
         if tracking:
             for entry in tracking_entries(tracking):
                 self.add_tracking(entry["name"], **entry["options"])
+        self.client = self._make_client(client, train_script, script_args, launch_external_process, command,
+                                        subprocess_timeout)
+
+    # -- the parts a recipe author writes ---------------------------------------------------------
+
+    def make_server(self) -> Any:
+        """The server: an object (or module) with one ``@collab.main``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement make_server()")
+
+    def make_client(self) -> Any:
+        """The client: by default what the constructor's client keywords described."""
+        if self.client is None:
+            raise RecipeError(f"{type(self).__name__} has no client: pass client= or train_script=")
+        return self.client
+
+    # -- the client side, for every recipe --------------------------------------------------------
+
+    def _make_client(self, client: Any, train_script: str | None, script_args: Any, launch_external_process: bool,
+                     command: str | None, subprocess_timeout: float) -> Any:
+        if client is not None and train_script is not None:
+            raise RecipeError("pass either client= (Collab API) or train_script= (Client API), not both")
+        if launch_external_process:
+            return self._subprocess_client(client, train_script, script_args, command, subprocess_timeout)
+        if command is not None:
+            raise RecipeError("command= is for launch_external_process=True; pass that too")
+        if train_script is not None:
+            from .bridge import ScriptClient, resolve_script
+
+            return ScriptClient(resolve_script(train_script, _caller_dir()), script_args)
+        if script_args:
+            raise RecipeError("script_args is for train_script recipes; pass train_script= too")
+        return client
+
+    def _subprocess_client(self, client: Any, train_script: str | None, script_args: Any, command: str | None,
+                           subprocess_timeout: float) -> Any:
+        """launch_external_process=True: the site forwards its calls to a worker group (collab-torchrun)."""
+        requirement = "collab-torchrun>=0.1"
+        self.required_plugins = tuple(dict.fromkeys((*self.required_plugins, requirement)))
+        check_required_plugins([requirement])
+        from collab_torchrun.client import SubprocessClient
+
+        if not command or not isinstance(command, str):
+            raise RecipeError("launch_external_process=True needs command=, e.g. 'torchrun --nproc_per_node=2' or 'python'")
+        if not isinstance(subprocess_timeout, (int, float)) or subprocess_timeout <= 0:
+            raise RecipeError(f"subprocess_timeout must be a positive number of seconds, got {subprocess_timeout!r}")
+        if (train_script is None) == (client is None):
+            raise RecipeError("launch_external_process=True needs either train_script= (Client API) or "
+                              "client= (a module or object with @collab.publish methods), not both")
+        if train_script is not None:
+            from .bridge import resolve_script
+
+            return SubprocessClient(command, subprocess_timeout,
+                                    train_script=str(resolve_script(train_script, _caller_dir())),
+                                    script_args=script_args)
+        from .job import describe_client
+
+        return SubprocessClient(command, subprocess_timeout, client=describe_client(client))
+
+    @property
+    def train_script(self) -> str | None:
+        """The Client API script of this recipe, if it has one."""
+        return getattr(self.client, "train_script", None)
+
+    # -- tracking ---------------------------------------------------------------------------------
 
     def add_tracking(self, name: str, **options: Any) -> RecipeBase:
         """Send the metrics client code logs to the tracker ``name`` ("tensorboard", "mlflow",
@@ -88,8 +167,29 @@ class RecipeBase:
         self.tracking.append(entry)
         self.required_plugins = tuple(dict.fromkeys((*self.required_plugins, requirement)))
         return self
+
+    # -- running ----------------------------------------------------------------------------------
+
     def build_job(self) -> JobSpec:
-        raise NotImplementedError(f"{type(self).__name__} must implement build_job()")
+        """What an environment runs: the server and client, checked."""
+        server, client = self.make_server(), self.make_client()
+        App(server, role="server")
+        client_app = App(client, role="client")
+        if not client_app.publish:
+            raise RecipeError(
+                f"the client ({describe(client)}) publishes no methods; decorate the functions the "
+                f"server calls with @collab.publish"
+            )
+        return JobSpec(
+            job_name=self.job_name,
+            api=self.api,
+            server=server,
+            client=client,
+            min_clients=self.min_clients,
+            required_plugins=self.required_plugins,
+            recipe_class=f"{type(self).__module__}:{type(self).__qualname__}",
+            tracking=tuple(self.tracking),
+        )
 
     def check(self) -> None:
         """Check, before anything starts, that every required plugin is installed."""
@@ -111,6 +211,9 @@ class RecipeBase:
 
         return export_job(self, Path(path))
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(job_name={self.job_name!r}, min_clients={self.min_clients})"
+
 
 def tracking_entries(tracking: Any) -> list[dict[str, Any]]:
     """``"mlflow"``, ``["tensorboard", ("mlflow", {...})]`` or ``[{"name", "options"}]`` as a list of
@@ -128,6 +231,15 @@ def tracking_entries(tracking: Any) -> list[dict[str, Any]]:
         else:
             raise RecipeError(f"tracking entries are tracker names like 'tensorboard', or (name, options); got {item!r}")
     return out
+
+
+def _caller_dir() -> Path | None:
+    """The folder of the module that builds the recipe (scripts are also looked for there)."""
+    try:
+        file = getattr(_caller_module(), "__file__", None)
+    except RecipeError:
+        return None
+    return Path(file).resolve().parent if file else None
 
 
 def _caller_module() -> types.ModuleType:
@@ -155,7 +267,9 @@ class CollabRecipe(RecipeBase):
 
     Client API: pass ``train_script="client.py"`` (and ``script_args``) instead of ``client``; the
     script uses ``import collab_core.client as flare`` and the server drives it with
-    ``collab.clients.execute(fl_model=...)`` and ``collab.clients.stop()``.
+    ``collab.clients.execute(fl_model=...)`` and ``collab.clients.stop()``. Add
+    ``launch_external_process=True, command="torchrun --nproc_per_node=N"`` to run the client side
+    in a worker group per site (collab-torchrun).
     """
 
     api = "collab"
@@ -174,98 +288,28 @@ class CollabRecipe(RecipeBase):
         subprocess_timeout: float = 600.0,
         tracking: Any = None,
     ):
-        super().__init__(job_name, min_clients, required_plugins, tracking=tracking)
-        if launch_external_process:
-            self._setup_subprocess(server, client, train_script, script_args, command, subprocess_timeout)
-            return
-        if command is not None:
-            raise RecipeError("command= is for launch_external_process=True; pass that too")
-        if train_script is not None:
-            if client is not None:
-                raise RecipeError("pass either client= (Collab API) or train_script= (Client API), not both")
-            if server is None:
-                raise RecipeError("a train_script recipe needs server= (the object or module with @collab.main)")
-            from .bridge import ScriptClient, resolve_script
-
-            near = None
-            caller_file = getattr(_caller_module(), "__file__", None)
-            if caller_file:
-                near = Path(caller_file).resolve().parent
-            client = ScriptClient(resolve_script(train_script, near), script_args)
-        elif script_args:
-            raise RecipeError("script_args is for train_script recipes; pass train_script= too")
-        if server is None and client is None:
+        if server is None and client is None and train_script is None:
             server = client = _caller_module()
-        elif server is None or client is None:
-            missing = "server" if server is None else "client"
-            raise RecipeError(
-                f"CollabRecipe got a {'client' if missing == 'server' else 'server'} but no {missing}: "
-                f"pass both server= and client=, or neither to use the calling module's functions"
-            )
+        elif server is None:
+            raise RecipeError("CollabRecipe needs server= (the object or module with @collab.main), or neither "
+                              "server= nor client= to use the calling module's functions")
+        elif client is None and train_script is None:
+            raise RecipeError("CollabRecipe got a server but no client: pass client= (Collab API) or "
+                              "train_script= (Client API), or neither to use the calling module's functions")
         for obj, role in ((server, "server"), (client, "client")):
             if isinstance(obj, type):
                 raise RecipeError(
                     f"{role}={obj.__qualname__} is a class; pass an instance, e.g. {role}={obj.__qualname__}()"
                 )
+        super().__init__(job_name, min_clients, required_plugins, tracking, client=client,
+                         train_script=train_script, script_args=script_args,
+                         launch_external_process=launch_external_process, command=command,
+                         subprocess_timeout=subprocess_timeout)
         self.server = server
-        self.client = client
-        # Validate now, so a missing @collab.main or a misplaced decorator fails at construction.
-        App(server, role="server")
-        client_app = App(client, role="client")
-        if not client_app.publish:
-            raise RecipeError(
-                f"the client ({describe(client)}) publishes no methods; decorate the functions the "
-                f"server calls with @collab.publish"
-            )
+        self.build_job()  # a missing @collab.main or a misplaced decorator fails here, at construction
 
-    def _setup_subprocess(self, server: Any, client: Any, train_script: str | None, script_args: Any,
-                          command: str | None, subprocess_timeout: float) -> None:
-        """launch_external_process=True: the site forwards its calls to a worker group (collab-torchrun)."""
-        requirement = "collab-torchrun>=0.1"
-        self.required_plugins = tuple(dict.fromkeys((*self.required_plugins, requirement)))
-        check_required_plugins([requirement])
-        from collab_torchrun.client import SubprocessClient
-
-        if server is None:
-            raise RecipeError("launch_external_process=True needs server= (the object or module with @collab.main)")
-        if not command or not isinstance(command, str):
-            raise RecipeError("launch_external_process=True needs command=, e.g. 'torchrun --nproc_per_node=2' or 'python'")
-        if not isinstance(subprocess_timeout, (int, float)) or subprocess_timeout <= 0:
-            raise RecipeError(f"subprocess_timeout must be a positive number of seconds, got {subprocess_timeout!r}")
-        if (train_script is None) == (client is None):
-            raise RecipeError("launch_external_process=True needs either train_script= (Client API) or "
-                              "client= (a module or object with @collab.publish methods), not both")
-        caller_file = getattr(_caller_module(), "__file__", None)
-        near = Path(caller_file).resolve().parent if caller_file else None
-        if train_script is not None:
-            from .bridge import resolve_script
-
-            proxy = SubprocessClient(command, subprocess_timeout, train_script=str(resolve_script(train_script, near)),
-                                     script_args=script_args)
-        else:
-            from .job import describe_client
-
-            proxy = SubprocessClient(command, subprocess_timeout, client=describe_client(client))
-        self.server = server
-        self.client = proxy
-        App(server, role="server")
-        App(proxy, role="client")
-
-    @property
-    def train_script(self) -> str | None:
-        return getattr(self.client, "train_script", None) if type(self.client).__name__ == "ScriptClient" else None
-
-    def build_job(self) -> JobSpec:
-        return JobSpec(
-            job_name=self.job_name,
-            api=self.api,
-            server=self.server,
-            client=self.client,
-            min_clients=self.min_clients,
-            required_plugins=self.required_plugins,
-            recipe_class=f"{type(self).__module__}:{type(self).__qualname__}",
-            tracking=tuple(self.tracking),
-        )
+    def make_server(self) -> Any:
+        return self.server
 
     def __repr__(self) -> str:
         return (
