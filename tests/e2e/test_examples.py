@@ -164,3 +164,15 @@ def test_ddp_mode3_example_matches_the_client_api_one(tmp_path):
     assert len(mode3) == 3 and mode3[-1] < mode3[0] * 0.01
     workers = re.search(r"workers \(site, rank-0 pid, world size\): (.+)", out).group(1)
     assert workers.count(", 2)") == 2  # one 2-rank group per site, kept for all rounds
+
+
+def test_tracking_example_writes_all_three(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    out = run_example([str(EXAMPLES / "tracking" / "fedavg_tracking.py")], tmp_path, timeout=300)
+    assert "status: finished" in out
+    assert len(losses(out, "mean client loss")) == 4
+    written = dict(re.findall(r"^(\w+): (\d+) records written", out, re.M))
+    assert written == {"tensorboard": "150", "mlflow": "150", "wandb": "150"}
+    tb = Path(re.search(r"tensorboard --logdir (.+)", out).group(1))
+    assert sorted(p.name for p in tb.iterdir()) == ["server", "site-1", "site-2", "site-3"]
+    assert Path(re.search(r"sqlite:///(.+)", out).group(1)).is_file()
