@@ -46,7 +46,7 @@ class Trainer:
         # one step axis for every tool: W&B keeps a single, increasing step per run
         step = (round_num + 1) * self.epochs - 1
         mlflow.log_metric("final_loss", loss.item(), step=step)
-        wandb.log({"final_loss": loss.item()}, step=step)
+        wandb.log({"lr": 0.1, "samples": len(x)}, step=step)
         return model.state_dict(), len(x), loss.item()
 
 
