@@ -326,7 +326,7 @@ def test_several_jobs_queue_and_run_one_after_another(healthy, tmp_path):
     for i, done in enumerate([results[0], *results[2:]]):
         _echo_ok(done, f"j{i}")
     records = [healthy.server.jobs[i] for i in ids]
-    for earlier, later in zip(records, records[1:]):  # one at a time, in submission order
+    for earlier, later in zip(records, records[1:], strict=False):  # one at a time, in submission order
         assert earlier.finished <= later.started
     status = admin.status()
     assert status["current"] is None and sorted(status["sites"]) == SITES
