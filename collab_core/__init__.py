@@ -24,6 +24,7 @@ from .errors import (
 from .fl_model import FLModel
 from .hookspecs import hookimpl
 from .recipe import CollabRecipe, JobSpec, RecipeBase
+from .recipes import CyclicRecipe, FedAvgRecipe, SplitLearningRecipe, SwarmRecipe
 from .registry import check_required_plugins, get_registry
 from .run import Run, RunFailedError
 
@@ -35,6 +36,10 @@ __all__ = [
     "CollabCallError",
     "CollabError",
     "CollabRecipe",
+    "CyclicRecipe",
+    "FedAvgRecipe",
+    "SplitLearningRecipe",
+    "SwarmRecipe",
     "DuplicateComponentError",
     "ExportError",
     "FLModel",

@@ -14,6 +14,16 @@ def collab_register_serializers(register):
 
 
 @hookimpl
+def collab_register_recipes(register):
+    from .recipes import CyclicRecipe, FedAvgRecipe, SplitLearningRecipe, SwarmRecipe
+
+    register("fedavg", FedAvgRecipe)
+    register("cyclic", CyclicRecipe)
+    register("swarm", SwarmRecipe)
+    register("split-learning", SplitLearningRecipe)
+
+
+@hookimpl
 def collab_register_commands(register):
     from .cli import core_commands
 

@@ -61,11 +61,30 @@ def _run_run(args: argparse.Namespace) -> int:
     return 0 if run.status == "finished" else 1
 
 
+def _recipes_run(args: argparse.Namespace) -> int:
+    rows = []
+    for comp in get_registry().components("recipe"):
+        cls = comp.obj
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        rows.append({"name": comp.name, "class": f"{cls.__module__}.{cls.__qualname__}",
+                     "distribution": comp.distribution, "version": comp.version, "summary": doc})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max([len(r["name"]) for r in rows] + [6])
+    print(f"{'RECIPE'.ljust(width)}  {'FROM'.ljust(18)}  SUMMARY")
+    for r in rows:
+        print(f"{r['name'].ljust(width)}  {(r['distribution'] + ' ' + r['version']).ljust(18)}  {r['summary']}")
+        print(f"{''.ljust(width)}  {''.ljust(18)}  {r['class']}")
+    return 0
+
+
 def core_commands() -> list[Command]:
     return [
         Command("plugins", "list installed plugins, their versions and what they register",
                 _plugins_arguments, _plugins_run),
         Command("run", "run an exported job folder in an environment", _run_arguments, _run_run),
+        Command("recipes", "list installed named recipes", _plugins_arguments, _recipes_run),
     ]
 
 

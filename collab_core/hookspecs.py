@@ -34,6 +34,8 @@ RegisterLauncher = Callable[[str, Callable[..., Any]], None]
 RegisterTracker = Callable[[str, Callable[..., Any]], None]
 #: ``register(name, factory)``
 RegisterEnvironment = Callable[[str, Callable[..., Any]], None]
+#: ``register(name, recipe_class)``
+RegisterRecipe = Callable[[str, type], None]
 #: ``register(command)`` -- a :class:`collab_core.registry.Command`
 RegisterCommand = Callable[[Any], None]
 
@@ -113,6 +115,21 @@ def collab_register_environments(register: RegisterEnvironment) -> None:
         @hookimpl
         def collab_register_environments(register):
             register("sim", SimEnv)
+    """
+
+
+@hookspec
+def collab_register_recipes(register: RegisterRecipe) -> None:
+    """Register named recipes: subclasses of :class:`collab_core.RecipeBase` that end users run
+    without knowing the Collab API (``collab recipes`` lists them).
+
+    Call ``register(name, recipe_class)``.
+
+    Example::
+
+        @hookimpl
+        def collab_register_recipes(register):
+            register("split-learning", SplitLearningRecipe)
     """
 
 

@@ -44,6 +44,7 @@ KINDS: dict[str, str] = {
     "launcher": "collab_register_launchers",
     "tracker": "collab_register_trackers",
     "environment": "collab_register_environments",
+    "recipe": "collab_register_recipes",
     "command": "collab_register_commands",
 }
 
@@ -244,6 +245,9 @@ class Registry:
     def environment(self, name: str) -> Any:
         return self.get("environment", name)
 
+    def recipe(self, name: str) -> Any:
+        return self.get("recipe", name)
+
     def command(self, name: str) -> Command:
         return self.get("command", name)
 
@@ -314,6 +318,11 @@ def _parse_registration(kind: str, plugin: str, args: tuple, kwargs: dict) -> tu
         raise PluginError(f"{where}: the name must be a non-empty string, got {name!r}")
     if not callable(obj):
         raise PluginError(f"{where} {name!r}: the factory must be callable, got {obj!r}")
+    if kind == "recipe":
+        from .recipe import RecipeBase
+
+        if not (isinstance(obj, type) and issubclass(obj, RecipeBase)):
+            raise PluginError(f"{where} {name!r}: a recipe must be a subclass of collab_core.RecipeBase, got {obj!r}")
     info: dict[str, Any] = {}
     if kind == "backend":
         unknown = set(kwargs) - {"apis", "settings"}

@@ -49,6 +49,15 @@ class FakePlugin:
         register("fake-env", object)
 
     @hookimpl
+    def collab_register_recipes(self, register):
+        from collab_core import RecipeBase
+
+        class FakeRecipe(RecipeBase):
+            pass
+
+        register("fake-recipe", FakeRecipe)
+
+    @hookimpl
     def collab_register_commands(self, register):
         register(Command("fake-cmd", "a fake command", lambda p: None, lambda a: 0))
 
@@ -71,6 +80,8 @@ def test_fake_plugin_object_registers_every_kind(collab_registry):
     assert reg.tracker("fake-tracker") is object
     assert reg.environment("fake-env") is object
     assert reg.command("fake-cmd").help == "a fake command"
+    assert reg.recipe("fake-recipe").__name__ == "FakeRecipe"
+    assert reg.names("recipe") == ["cyclic", "fake-recipe", "fedavg", "split-learning", "swarm"]
     comp = reg.backend_for("fakeapi", "lab")
     assert comp.name == "fake-backend" and comp.plugin == "fake-plugin"
     info = {p.name: p for p in reg.plugins()}["fake-plugin"]
@@ -125,6 +136,28 @@ def test_misspelled_hook_fails_at_load():
     with pytest.raises(PluginError) as err:
         build_registry([Typo()], entry_points=False)
     assert "typo-plugin" in str(err.value) and "collab_register_backend" in str(err.value)
+
+
+def test_a_recipe_must_subclass_recipe_base():
+    class Bad:
+        __name__ = "bad-recipes"
+
+        @hookimpl
+        def collab_register_recipes(self, register):
+            register("nope", dict)
+
+    with pytest.raises(PluginError, match="subclass of collab_core.RecipeBase"):
+        build_registry([Bad()], entry_points=False)
+
+
+def test_collab_recipes_command_lists_the_standard_recipes():
+    out = subprocess.run([sys.executable, "-m", "collab_core.cli", "recipes", "--json"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = {r["name"]: r for r in json.loads(out.stdout)}
+    assert rows["fedavg"]["class"] == "collab_core.recipes.fedavg.FedAvgRecipe"
+    assert rows["fedavg"]["distribution"] == "collab-core"
+    assert rows["swarm"]["summary"].startswith("Swarm learning")
 
 
 def test_bad_registration_is_a_clear_error():
@@ -287,7 +320,8 @@ def test_collab_plugins_json_command():
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     by_name = {p["name"]: p for p in data}
-    assert by_name["collab-core"]["components"]["command"] == ["plugins", "run"]
+    assert by_name["collab-core"]["components"]["command"] == ["plugins", "recipes", "run"]
+    assert by_name["collab-core"]["components"]["recipe"] == ["cyclic", "fedavg", "split-learning", "swarm"]
     if not CORE_ONLY:
         assert by_name["collab-sim"]["components"] == {"backend": ["inproc"], "environment": ["sim"]}
 
@@ -300,7 +334,7 @@ def test_collab_plugins_table_command():
     lines = out.stdout.splitlines()
     assert lines[0].split()[:4] == ["PLUGIN", "DISTRIBUTION", "VERSION", "REGISTERS"]
     assert lines[1].startswith("collab-core")
-    assert "command: plugins, run" in lines[1]
+    assert "command: plugins, recipes, run" in lines[1]
 
 
 def test_cli_reports_broken_plugin_cleanly(installed_distribution, tmp_path):
