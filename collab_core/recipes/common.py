@@ -92,6 +92,10 @@ def weighted_average(results: list[tuple[str, FLModel]], base: Any = None) -> tu
     first = results[0][1].params
     if not isinstance(first, dict):
         raise RecipeError(f"params must be a dict of arrays/tensors to average, got {type(first).__name__}")
+    for key, value in first.items():
+        if not (isinstance(value, (int, float)) or hasattr(value, "shape")):
+            raise RecipeError(f"cannot average params[{key!r}] ({type(value).__name__}): params must map names to "
+                              f"numbers, arrays or tensors")
     avg = {k: sum(m.params[k] * (w / total) for (_, m), w in zip(results, weights, strict=True)) for k in first}
     if results[0][1].params_type == "DIFF":
         if base is None:
