@@ -60,6 +60,20 @@ def describe_model(model: Any) -> dict[str, Any] | None:
     return desc
 
 
+def model_file(model: Any, name: str = "initial_model.collab") -> str:
+    """Save ``model``'s current weights (``state_dict()``) as a model file the recipe carries along
+    (and exports with the job): the run starts from exactly these weights."""
+    import tempfile
+
+    if not callable(getattr(model, "state_dict", None)):
+        raise RecipeError(f"model= takes an object with state_dict() (e.g. a torch nn.Module), got {type(model).__name__}")
+    folder = Path(tempfile.mkdtemp(prefix="collab-model-"))
+    params = {k: v.detach().cpu().clone() if hasattr(v, "detach") else v for k, v in model.state_dict().items()}
+    path = folder / name
+    save_model(FLModel(params=params, current_round=0), path)
+    return str(path)
+
+
 def build_model(desc: dict[str, Any] | None) -> Any:
     if desc is None:
         return None
@@ -68,18 +82,16 @@ def build_model(desc: dict[str, Any] | None) -> Any:
     return build_object(desc, "model")
 
 
-def initial_params(model_desc: dict[str, Any] | None, initial_model: str | None) -> tuple[Any, int]:
-    """The starting weights and round: from ``initial_model`` (a saved global model: resume), else
-    from a fresh ``model``, else None (the clients start from their own)."""
+def initial_params(initial_model: str | None) -> tuple[Any, int]:
+    """The starting weights and round from a model file (the ``model=`` given to the recipe, or a
+    saved global model to resume from), else (None, 0): the clients start from their own."""
     path = find_file(initial_model)
-    if path is not None:
-        saved = load_model(path)
+    if path is None:
+        return None, 0
+    saved = load_model(path)
+    if saved.current_round:
         log.info("resuming from %s (round %s)", path, saved.current_round)
-        return saved.params, int(saved.current_round or 0)
-    model = build_model(model_desc)
-    if model is not None:
-        return {k: v.detach().clone() if hasattr(v, "detach") else v for k, v in model.state_dict().items()}, 0
-    return None, 0
+    return saved.params, int(saved.current_round or 0)
 
 
 def weighted_average(results: list[tuple[str, FLModel]], base: Any = None) -> tuple[Any, dict[str, float]]:

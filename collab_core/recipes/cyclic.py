@@ -10,7 +10,7 @@ from ..api import collab
 from ..errors import RecipeError
 from ..fl_model import FLModel
 from ..recipe import RecipeBase
-from .common import MODEL_FILE, ModelFiles, check_rounds, describe_model, initial_params, save_model
+from .common import MODEL_FILE, ModelFiles, check_rounds, initial_params, model_file, save_model
 
 log = logging.getLogger("collab.recipes.cyclic")
 
@@ -19,14 +19,13 @@ class CyclicServer(ModelFiles):
     """Each round, pass the model through every site in order; a site that fails is skipped
     (the model goes on from the last good one) unless no site succeeded in the round."""
 
-    def __init__(self, num_rounds: int, model: dict | None = None, initial_model: str | None = None):
+    def __init__(self, num_rounds: int, initial_model: str | None = None):
         self.num_rounds = num_rounds
-        self.model = model
         self.initial_model = initial_model
 
     @collab.main
     def run(self) -> FLModel:
-        params, start = initial_params(self.model, self.initial_model)
+        params, start = initial_params(self.initial_model)
         order = sorted(collab.clients.names)
         visits = []
         metrics: dict[str, Any] = {}
@@ -65,10 +64,11 @@ class CyclicRecipe(RecipeBase):
             raise RecipeError("CyclicRecipe needs train_script= (a Client API script)")
         super().__init__(name, min_clients, train_script=train_script, **options)
         self.num_rounds = check_rounds(num_rounds)
-        self.model = describe_model(model)
         self.initial_model = str(Path(initial_model).resolve()) if initial_model is not None else None
         if self.initial_model is not None and not Path(self.initial_model).is_file():
             raise RecipeError(f"initial_model {str(initial_model)!r} is not a file")
+        if self.initial_model is None and model is not None:
+            self.initial_model = model_file(model)
 
     def make_server(self) -> CyclicServer:
-        return CyclicServer(self.num_rounds, self.model, self.initial_model)
+        return CyclicServer(self.num_rounds, self.initial_model)

@@ -11,7 +11,7 @@ from ..api import collab
 from ..errors import RecipeError
 from ..fl_model import FLModel
 from ..recipe import RecipeBase
-from .common import MODEL_FILE, ModelFiles, check_rounds, describe_model, initial_params, save_model, weighted_average
+from .common import MODEL_FILE, ModelFiles, check_rounds, initial_params, model_file, save_model, weighted_average
 
 log = logging.getLogger("collab.recipes.fedavg")
 
@@ -20,10 +20,9 @@ class FedAvgServer(ModelFiles):
     """Scatter the global model, gather the sites' models, average them weighted by
     ``meta["num_samples"]``; save the global model after every round."""
 
-    def __init__(self, num_rounds: int, model: dict | None = None, initial_model: str | None = None,
-                 clients_per_round: int | None = None, min_responses: int | None = None, seed: int = 0):
+    def __init__(self, num_rounds: int, initial_model: str | None = None, clients_per_round: int | None = None,
+                 min_responses: int | None = None, seed: int = 0):
         self.num_rounds = num_rounds
-        self.model = model
         self.initial_model = initial_model
         self.clients_per_round = clients_per_round
         self.min_responses = min_responses
@@ -31,7 +30,7 @@ class FedAvgServer(ModelFiles):
 
     @collab.main
     def run(self) -> FLModel:
-        params, start = initial_params(self.model, self.initial_model)
+        params, start = initial_params(self.initial_model)
         sites = sorted(collab.clients.names)
         history = []
         metrics: dict[str, float] = {}
@@ -75,7 +74,8 @@ class FedAvgRecipe(RecipeBase):
     model=SimpleModel())``. Each round the global model goes to every site (or to
     ``clients_per_round`` sites drawn at random), the results are averaged weighted by
     ``meta["num_samples"]``, and the global model is saved to ``global_model.collab`` in the
-    server's workspace. Resume an interrupted run with ``initial_model=<that file>``.
+    server's workspace. ``model`` gives the starting weights (its ``state_dict()``); resume an
+    interrupted run with ``initial_model=<that file>`` instead.
     The result is an ``FLModel`` with the final params and ``meta["history"]``.
     """
 
@@ -98,12 +98,12 @@ class FedAvgRecipe(RecipeBase):
                 raise RecipeError(f"initial_model {str(initial_model)!r} is not a file; pass the {MODEL_FILE} "
                                   f"of an earlier run")
             initial_model = str(path)
-        self.model = describe_model(model)
+        elif model is not None:
+            initial_model = model_file(model)  # the run starts from exactly these weights
         self.initial_model = initial_model
         self.clients_per_round = clients_per_round
         self.min_responses = min_responses
         self.seed = seed
 
     def make_server(self) -> FedAvgServer:
-        return FedAvgServer(self.num_rounds, self.model, self.initial_model, self.clients_per_round,
-                            self.min_responses, self.seed)
+        return FedAvgServer(self.num_rounds, self.initial_model, self.clients_per_round, self.min_responses, self.seed)

@@ -19,20 +19,21 @@ from ..api import collab
 from ..errors import RecipeError
 from ..fl_model import FLModel
 from ..recipe import RecipeBase
-from .common import build_model, check_rounds, describe_model
+from .common import ModelFiles, build_model, check_rounds, describe_model, initial_params, model_file
 
 log = logging.getLogger("collab.recipes.split")
 
 LOSSES = ("mse", "cross_entropy")
 
 
-class SplitLearningServer:
+class SplitLearningServer(ModelFiles):
     """Owns the top of the model; visits the sites in turn, one batch each per step."""
 
-    def __init__(self, num_rounds: int, server_model: dict, lr: float = 0.1, steps_per_round: int = 1,
-                 loss: str = "mse"):
+    def __init__(self, num_rounds: int, server_model: dict, initial_model: str | None = None, lr: float = 0.1,
+                 steps_per_round: int = 1, loss: str = "mse"):
         self.num_rounds = num_rounds
         self.server_model = server_model
+        self.initial_model = initial_model
         self.lr = lr
         self.steps_per_round = steps_per_round
         self.loss = loss
@@ -42,6 +43,9 @@ class SplitLearningServer:
         import torch
 
         head = build_model(self.server_model)
+        weights, _ = initial_params(self.initial_model)
+        if weights is not None:
+            head.load_state_dict(weights)
         opt = torch.optim.SGD(head.parameters(), lr=self.lr)
         loss_fn = torch.nn.functional.mse_loss if self.loss == "mse" else torch.nn.functional.cross_entropy
         losses = []
@@ -84,9 +88,11 @@ class SplitLearningRecipe(RecipeBase):
         super().__init__(name, min_clients, train_script=train_script, **options)
         self.num_rounds = check_rounds(num_rounds)
         self.steps_per_round = check_rounds(steps_per_round)
-        self.model = describe_model(model)
+        self.model = describe_model(model)  # the architecture, rebuilt on the server...
+        self.initial_model = model_file(model)  # ...and its starting weights
         self.lr = lr
         self.loss = loss
 
     def make_server(self) -> SplitLearningServer:
-        return SplitLearningServer(self.num_rounds, self.model, self.lr, self.steps_per_round, self.loss)
+        return SplitLearningServer(self.num_rounds, self.model, self.initial_model, self.lr, self.steps_per_round,
+                                   self.loss)

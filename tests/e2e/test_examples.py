@@ -176,3 +176,38 @@ def test_tracking_example_writes_all_three(tmp_path, monkeypatch):
     tb = Path(re.search(r"tensorboard --logdir (.+)", out).group(1))
     assert sorted(p.name for p in tb.iterdir()) == ["server", "site-1", "site-2", "site-3"]
     assert Path(re.search(r"sqlite:///(.+)", out).group(1)).is_file()
+
+
+# -- recipes and the progression path ------------------------------------------------------------------
+
+
+def test_progression_every_step_gives_the_same_model(tmp_path):
+    prog = EXAMPLES / "progression"
+    final = re.compile(r"final loss ([0-9.]+)")
+    outs = [run_example([str(prog / f)], tmp_path) for f in ("step1_prototype.py", "step2_client_api.py",
+                                                             "step3_recipe.py")]
+    outs.append(run_example([str(prog / "step3_recipe.py"), "poc"], tmp_path, timeout=300))
+    values = [float(final.search(o).group(1)) for o in outs]
+    assert values[0] < 0.01
+    assert values == pytest.approx([values[0]] * 4, rel=1e-4)
+    job = tmp_path / "job"
+    run_example([str(prog / "step3_recipe.py"), "export", str(job)], tmp_path)
+    assert {"train.py", "common.py", "initial_model.collab"} <= {p.name for p in (job / "code").iterdir()}
+    collab = Path(sys.executable).with_name("collab")
+    out = subprocess.run([str(collab), "run", str(job), "--clients", "3", "--json"], capture_output=True, text=True,
+                         timeout=180, cwd=tmp_path, env=dict(os.environ, COLLAB_WORKSPACE_ROOT=str(tmp_path / "ws")))
+    assert out.returncode == 0, out.stderr
+    assert '"status": "finished"' in out.stdout
+
+
+@pytest.mark.parametrize("recipe", ["fedavg", "cyclic", "swarm"])
+def test_standard_recipe_examples(tmp_path, recipe):
+    out = run_example([str(EXAMPLES / "recipes" / "run_recipes.py"), recipe], tmp_path)
+    assert "status: finished" in out
+    assert float(re.search(r"final loss: ([0-9.]+)", out).group(1)) < 0.05
+
+
+def test_split_learning_example_learns(tmp_path):
+    out = run_example([str(EXAMPLES / "split_learning" / "job.py")], tmp_path)
+    curve = losses(out, "mean loss")
+    assert len(curve) == 5 and curve[-1] < curve[0] * 0.8
