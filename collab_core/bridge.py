@@ -27,7 +27,8 @@ from typing import Any
 
 from . import client as flare_module
 from .api import collab
-from .context import SiteContext, _current as _site_var, current
+from .context import SiteContext, current
+from .context import _current as _site_var
 from .errors import CollabError, RecipeError
 from .fl_model import FLModel
 

@@ -11,7 +11,15 @@ from ..api import collab
 from ..errors import RecipeError
 from ..fl_model import FLModel
 from ..recipe import RecipeBase
-from .common import MODEL_FILE, ModelFiles, check_rounds, initial_params, model_file, save_model, weighted_average
+from .common import (
+    MODEL_FILE,
+    ModelFiles,
+    check_rounds,
+    initial_params,
+    model_file,
+    save_model,
+    weighted_average,
+)
 
 log = logging.getLogger("collab.recipes.fedavg")
 

@@ -19,7 +19,14 @@ from ..api import collab
 from ..errors import RecipeError
 from ..fl_model import FLModel
 from ..recipe import RecipeBase
-from .common import ModelFiles, build_model, check_rounds, describe_model, initial_params, model_file
+from .common import (
+    ModelFiles,
+    build_model,
+    check_rounds,
+    describe_model,
+    initial_params,
+    model_file,
+)
 
 log = logging.getLogger("collab.recipes.split")
 

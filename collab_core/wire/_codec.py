@@ -744,7 +744,7 @@ def _check_depth(raws: list, outs: list, max_depth: int) -> None:
     """Raise if containers nest deeper than ``max_depth`` (runs only if there are that many)."""
     depth: dict[int, int] = {}
     get = depth.get
-    for raw, out in zip(raws, outs):
+    for raw, out in zip(raws, outs, strict=False):
         children = chain(raw.keys(), raw.values()) if type(raw) is dict else raw
         d = 1 + max(map(get, map(id, children), repeat(0)), default=0)
         if d > max_depth:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import logging
 import queue
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,8 +13,8 @@ from typing import Any
 from collab_core.errors import CollabError
 from collab_core.job import pack_job
 
-from .connection import Connection, ConnectionClosed, handshake
-from .kit import AuthError, Kit, peer_identity
+from .connection import Connection, ConnectionClosed, dial_server
+from .kit import AuthError, Kit
 
 log = logging.getLogger("collab.tcp.admin")
 
@@ -40,20 +39,9 @@ class AdminClient:
 
     def connect(self) -> AdminClient:
         try:
-            sock = socket.create_connection(self.address, timeout=self.timeout)
+            tls, name = dial_server(self.kit, *self.address, timeout=self.timeout)
         except OSError as exc:
             raise AdminError(f"cannot reach the server at {self.address[0]}:{self.address[1]}: {exc}") from exc
-        tls = None
-        try:
-            tls = handshake(sock, self.kit.client_context(), server_side=False, server_hostname=self.kit.server_host,
-                            timeout=self.timeout)
-            name, role = peer_identity(tls, self.kit.project)
-        except BaseException:
-            (tls or sock).close()  # after wrap_socket, sock is detached: close the TLS socket
-            raise
-        if role != "server":
-            tls.close()
-            raise AuthError(f"the peer is a {role} ({name}), not the server")
         self.conn = Connection(tls, name, "server", lambda c, m: self._inbox.put(m),
                                lambda c, r: self._inbox.put(None), name="admin").start()
         return self

@@ -43,3 +43,22 @@ def handshake(sock: socket.socket, ctx: ssl.SSLContext, *, server_side: bool, se
         tls.close()
         raise
     return tls
+
+
+def dial_server(kit: Any, host: str, port: int, timeout: float = 15.0) -> tuple[ssl.SSLSocket, str]:
+    """Connect to the server with ``kit``'s certificate and check that the peer is the project's
+    server; return the TLS socket and the server's name. Raises OSError, ssl.SSLError or AuthError."""
+    from .kit import AuthError, peer_identity
+
+    sock = socket.create_connection((host, port), timeout=timeout)
+    tls = None
+    try:
+        tls = handshake(sock, kit.client_context(), server_side=False, server_hostname=kit.server_host, timeout=timeout)
+        name, role = peer_identity(tls, kit.project)
+    except BaseException:
+        (tls or sock).close()  # after wrap_socket, sock is detached: close the TLS socket
+        raise
+    if role != "server":
+        tls.close()
+        raise AuthError(f"the peer at {host}:{port} presents a {role} certificate ({name}), not the server's")
+    return tls, name

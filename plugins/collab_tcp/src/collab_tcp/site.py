@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import random
-import socket
 import ssl
 import threading
 import time
@@ -17,8 +16,8 @@ from collab_core.job import JobCode, unpack_job
 from collab_core.logs import FORMAT, SiteFilter
 from collab_core.runtime import JobRuntime, SiteRuntime
 
-from .connection import Connection, ConnectionClosed, handshake
-from .kit import AuthError, Kit, peer_identity
+from .connection import Connection, ConnectionClosed, dial_server
+from .kit import AuthError, Kit
 from .rpc import CallServer, TcpBackend
 
 log = logging.getLogger("collab.tcp.site")
@@ -138,18 +137,7 @@ class SiteAgent:
         return host, port
 
     def _connect(self) -> Connection:
-        host, port = self._server_address()
-        sock = socket.create_connection((host, port), timeout=10)
-        tls = None
-        try:
-            tls = handshake(sock, self.ctx, server_side=False, server_hostname=self.kit.server_host)
-            name, role = peer_identity(tls, self.kit.project)
-        except BaseException:
-            (tls or sock).close()  # after wrap_socket, sock is detached: close the TLS socket
-            raise
-        if role != "server":
-            tls.close()
-            raise AuthError(f"the peer at {host}:{port} presents a {role} certificate ({name}), not the server's")
+        tls, name = dial_server(self.kit, *self._server_address(), timeout=10)
         conn = Connection(tls, name, "server", self._on_message, self._on_close, self.heartbeat, self.dead_after,
                           name=f"{self.name}-server")
         conn.hello_job = self.job.id if self.job else None  # what the server's welcome will answer

@@ -137,7 +137,7 @@ class WorkerGroup:
                 return
             sock.settimeout(None)
             holder: dict[str, Connection] = {}
-            conn = Connection(sock, "?", "worker", lambda c, m: self._on_message(c, m, holder),
+            conn = Connection(sock, "?", "worker", lambda c, m, h=holder: self._on_message(c, m, h),
                               self._on_close, heartbeat=1.0, dead_after=30.0, name=f"{self.site}-worker")
             holder["conn"] = conn
             conn.start()
