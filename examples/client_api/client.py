@@ -24,8 +24,7 @@ def main():
 
     flare.init()
     site = flare.get_site_name()
-    torch.manual_seed(zlib.crc32(site.encode()))  # reproducible first-round models
-    g = torch.Generator().manual_seed(zlib.crc32(site.encode()))
+    g = torch.Generator().manual_seed(zlib.crc32(site.encode()))  # this site's own random stream
     n = 60 + zlib.crc32(site.encode()) % 60
     x = torch.randn(n, 10, generator=g)
     y = x @ TRUE_W.T
@@ -37,6 +36,10 @@ def main():
         model = SimpleModel()
         if input_model.params:
             model.load_state_dict(input_model.params)
+        else:  # first round: a reproducible start (not torch's global RNG, which in-process sites share)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.copy_(0.1 * torch.randn(p.shape, generator=g))
         opt = torch.optim.SGD(model.parameters(), lr=args.lr)
         for _ in range(args.epochs):
             opt.zero_grad()
