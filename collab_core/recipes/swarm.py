@@ -25,7 +25,8 @@ class SwarmClient:
         self.command = command
         self.subprocess_timeout = subprocess_timeout
         self._inner: Any = None
-        self._model: FLModel | None = None
+        self._model: FLModel | None = None    # this site's current model (the last average)
+        self._trained: FLModel | None = None  # this round's locally trained model (what peers get)
 
     def _trainer(self) -> Any:
         if self._inner is None:
@@ -67,23 +68,27 @@ class SwarmClient:
     def swarm_train(self, round_num: int, total_rounds: int) -> dict[str, Any]:
         """Train locally from this site's current model."""
         params = self._model.params if self._model is not None else None
-        self._model = self._trainer().execute(FLModel(params=params, current_round=round_num, total_rounds=total_rounds))
-        return dict(self._model.metrics or {})
+        self._trained = self._trainer().execute(FLModel(params=params, current_round=round_num, total_rounds=total_rounds))
+        self._model = self._trained
+        return dict(self._trained.metrics or {})
 
     @collab.publish
-    def swarm_model(self) -> FLModel | None:
-        """This site's latest model (for its peers)."""
-        return self._model
+    def swarm_model(self, trained: bool = True) -> FLModel | None:
+        """This site's model of the round as trained locally (what peers average), or with
+        ``trained=False`` its current model (after averaging)."""
+        return self._trained if trained else self._model
 
     @collab.publish
     def swarm_aggregate(self, min_peers: int | None = None) -> int:
-        """Average this site's model with its peers', fetched directly from them."""
-        if self._model is None:
+        """Average this round's trained models -- this site's and its peers', fetched directly
+        from them -- into this site's current model. Peers are asked for their *trained* model, so
+        the result does not depend on which peer averaged first."""
+        if self._trained is None:
             raise RecipeError(f"{collab.site_name} has no model to aggregate: swarm_train() first")
         peers = collab.other_clients(min_responses=min_peers).swarm_model()
-        models = [(collab.site_name, self._model)] + [(s, m) for s, m in peers if m is not None]
+        models = [(collab.site_name, self._trained)] + [(s, m) for s, m in peers if m is not None]
         params, metrics = weighted_average(models)
-        self._model = FLModel(params=params, metrics=metrics, meta=dict(self._model.meta))
+        self._model = FLModel(params=params, metrics=metrics, meta=dict(self._trained.meta))
         return len(models)
 
     @collab.final
@@ -110,7 +115,7 @@ class SwarmServer:
             sizes = collab.clients.swarm_aggregate(self.min_peers)
             history.append({"round": r + 1, "metrics": dict(trained), "models_averaged": dict(sizes)})
         first = sorted(collab.clients.names)[0]
-        final = collab.clients[first].swarm_model()
+        final = collab.clients[first].swarm_model(trained=False)
         final.meta = {"history": history, "from": first}
         return final
 
