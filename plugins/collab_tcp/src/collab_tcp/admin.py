@@ -26,12 +26,14 @@ class AdminError(CollabError):
 class AdminClient:
     """An authenticated admin connection to a server (``with AdminClient(kit) as admin: ...``)."""
 
-    def __init__(self, kit: Kit, *, address: tuple[str, int] | None = None, timeout: float = 30.0):
+    def __init__(self, kit: Kit, *, address: tuple[str, int] | None = None, timeout: float = 30.0,
+                 heartbeat: float = 1.0):
         if kit.role != "admin":
             raise AuthError(f"{kit.path} is a {kit.role} kit; admin commands need an admin kit")
         self.kit = kit
         self.address = address or (kit.server_host, kit.server_port)
         self.timeout = timeout
+        self.heartbeat = heartbeat  # well inside any server's dead_after (>= 2 s)
         self._inbox: queue.Queue[dict | None] = queue.Queue()
         self._rids = itertools.count(1)
         self.conn: Connection | None = None
@@ -43,7 +45,7 @@ class AdminClient:
         except OSError as exc:
             raise AdminError(f"cannot reach the server at {self.address[0]}:{self.address[1]}: {exc}") from exc
         self.conn = Connection(tls, name, "server", lambda c, m: self._inbox.put(m),
-                               lambda c, r: self._inbox.put(None), name="admin").start()
+                               lambda c, r: self._inbox.put(None), heartbeat=self.heartbeat, name="admin").start()
         return self
 
     def __enter__(self) -> AdminClient:

@@ -92,6 +92,7 @@ def _site_run(args: argparse.Namespace) -> int:
 def _submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", help="a job folder written by recipe.export(path)")
     parser.add_argument("--kit", required=True, help="an admin startup kit")
+    parser.add_argument("--server", default=None, metavar="HOST:PORT", help="the server's address (default: the kit's)")
     parser.add_argument("--sites", default=None, help="comma-separated sites to run on (default: all connected)")
     parser.add_argument("--wait-timeout", type=float, default=60.0, help="how long to wait for the sites")
     parser.add_argument("--no-follow", action="store_true", help="print the job id and return at once")
@@ -107,9 +108,8 @@ def _submit_run(args: argparse.Namespace) -> int:
 
     from .admin import AdminClient
     from .envs import submit_and_follow
-    from .kit import Kit
 
-    kit = Kit.load(args.kit)
+    kit = _admin_kit(args)
     sites = [s.strip() for s in args.sites.split(",") if s.strip()] if args.sites else None
     if args.no_follow:
         with AdminClient(kit) as admin:
@@ -136,14 +136,14 @@ def _submit_run(args: argparse.Namespace) -> int:
 
 def _status_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kit", required=True, help="an admin startup kit")
+    parser.add_argument("--server", default=None, metavar="HOST:PORT", help="the server's address (default: the kit's)")
     parser.add_argument("--json", action="store_true")
 
 
 def _status_run(args: argparse.Namespace) -> int:
     from .admin import AdminClient
-    from .kit import Kit
 
-    with AdminClient(Kit.load(args.kit)) as admin:
+    with AdminClient(_admin_kit(args)) as admin:
         status = admin.status()
     if args.json:
         print(json.dumps(status, indent=2, default=str))
@@ -154,6 +154,16 @@ def _status_run(args: argparse.Namespace) -> int:
     for job in status["jobs"]:
         print(f"  {job['id']}: {job['status']}  sites={job['participants']}")
     return 0
+
+
+def _admin_kit(args: argparse.Namespace):
+    from .kit import Kit, parse_server
+
+    kit = Kit.load(args.kit)
+    if args.server:
+        host, port = parse_server(args.server)
+        kit = kit.with_server(host, port)
+    return kit
 
 
 def tcp_commands() -> list[Command]:

@@ -260,7 +260,7 @@ class Server:
     def _write_log(self, job: JobRecord, site: str, lines: list[str]) -> None:
         with job.changed:
             f = job.log_files.get(site)
-            if f is None and job.workspace is not None:
+            if f is None and job.workspace is not None and job.status in ("deploying", "running"):
                 path = job.workspace / site / "log.txt"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 f = job.log_files[site] = open(path, "a", encoding="utf-8")  # noqa: SIM115
@@ -440,9 +440,10 @@ class Server:
                 log.exception("job %s crashed the job runner", job.id)
             finally:
                 job.finished = time.time()
-                for f in job.log_files.values():
-                    f.close()
-                job.log_files.clear()
+                with job.changed:  # _write_log holds it too: no line lands in a closed file
+                    for f in job.log_files.values():
+                        f.close()
+                    job.log_files.clear()
                 self.current = None
                 with job.changed:
                     followers = list(job.followers)
@@ -485,6 +486,10 @@ class Server:
         config = code.config
         min_clients = int(config["min_clients"])
         # 1. the sites
+        if job.sites and len(job.sites) < min_clients:
+            raise_failed(job, f"the job names {len(job.sites)} site(s) ({job.sites}) but needs min_clients="
+                              f"{min_clients}; name more sites or lower min_clients")
+            return
         if job.sites:
             want = list(job.sites)
             ok = self._wait(job, lambda: set(want) <= set(self._connected()), job.wait_timeout)
