@@ -51,27 +51,30 @@ class _Bulk:
         self.sid = sid
         self.views = [p if isinstance(p, memoryview) else memoryview(p) for p in parts]
         self.views = [v.cast("B") if v.format != "B" or v.ndim != 1 else v for v in self.views]
-        self.chunks = self._chunks()
+        self.chunks = _chunks(self.views)
 
-    def _chunks(self) -> Iterator[tuple[int, list[memoryview]]]:
-        total = sum(v.nbytes for v in self.views)
-        sent = 0
-        batch: list[memoryview] = []
-        size = 0
-        for view in self.views:
-            pos = 0
-            while pos < view.nbytes:
-                take = min(CHUNK - size, view.nbytes - pos)
-                batch.append(view[pos : pos + take])
-                size += take
-                pos += take
-                if size == CHUNK:
-                    flags = (START if sent == 0 else 0) | (END if sent + size == total else 0)
-                    yield flags, batch
-                    sent += size
-                    batch, size = [], 0
-        if batch or sent == 0:
-            yield (START if sent == 0 else 0) | END, batch
+
+def _chunks(views: list[memoryview]) -> Iterator[tuple[int, list[memoryview]]]:
+    """(flags, views) of each chunk. A module-level function, not a method: a generator that
+    refers to its _Bulk would form a cycle that keeps a sent payload alive until a full GC."""
+    total = sum(v.nbytes for v in views)
+    sent = 0
+    batch: list[memoryview] = []
+    size = 0
+    for view in views:
+        pos = 0
+        while pos < view.nbytes:
+            take = min(CHUNK - size, view.nbytes - pos)
+            batch.append(view[pos : pos + take])
+            size += take
+            pos += take
+            if size == CHUNK:
+                flags = (START if sent == 0 else 0) | (END if sent + size == total else 0)
+                yield flags, batch
+                sent += size
+                batch, size = [], 0
+    if batch or sent == 0:
+        yield (START if sent == 0 else 0) | END, batch
 
 
 class Connection:
@@ -170,6 +173,7 @@ class Connection:
                         flags, views = next(bulk.chunks)
                         if flags & END:
                             self._bulk.popleft()
+                            bulk.chunks.close()
                         elif len(self._bulk) > 1:
                             self._bulk.rotate(-1)  # several bulk transfers share the line
                         n = sum(v.nbytes for v in views)
@@ -177,6 +181,8 @@ class Connection:
                 for piece in out:
                     sock.sendall(piece)
                     self.bytes_sent += len(piece) if isinstance(piece, bytes) else piece.nbytes
+                # drop our references now: a sent payload must not live until the next message
+                out = piece = bulk = views = parts = data = None  # type: ignore[assignment]
         except (OSError, ValueError) as exc:
             self.close(f"send failed: {exc}")
         except Exception as exc:  # a bug: never leave the peer hanging
@@ -235,6 +241,7 @@ class Connection:
                         raise wire.WireError("a message must be a dict with a string 't'")
                     if msg["t"] != "ping":
                         self.on_message(self, msg)
+                    msg = frame = None  # the handler owns the message now; keep no payload alive
                 elif frame is not None:
                     raise wire.WireError(f"stream {sid}: frame complete before its last chunk")
         except ConnectionClosed as exc:

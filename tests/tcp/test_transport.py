@@ -268,8 +268,15 @@ GARBAGE = {
 }
 
 
+def _server_side(server, peer):
+    """The server's live connection from ``peer``: registered (after its hello) or still greeting."""
+    with server._lock:
+        conns = [*server.sites.values(), *server.admins, *server._greeting]
+    return next((c for c in conns if c.peer == peer and not c.closed.is_set()), None)
+
+
 def _server_conn_of(cluster, site, old=None):
-    return wait_for(lambda: (c := cluster.server.sites.get(site)) is not None and c is not old and c,
+    return wait_for(lambda: (c := _server_side(cluster.server, site)) is not None and c is not old and c,
                     10, what=f"the server to admit {site}")
 
 
@@ -419,9 +426,7 @@ def test_a_site_cannot_act_as_admin_and_an_admin_cannot_act_as_a_site(make_clust
          "admin@example.org"),
     ]
     def server_side(peer):
-        with cluster.server._lock:
-            conns = [*cluster.server.sites.values(), *cluster.server.admins]
-        return next((c for c in conns if c.peer == peer and not c.closed.is_set()), None)
+        return _server_side(cluster.server, peer)
 
     for kit, msg, peer in attempts:
         sock = tls_connect(kit.client_context(), cluster.address)

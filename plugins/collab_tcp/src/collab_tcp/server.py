@@ -88,6 +88,7 @@ class Server:
         self.ctx = kit.server_context()
         self.sites: dict[str, Connection] = {}
         self.admins: set[Connection] = set()
+        self._greeting: set[Connection] = set()  # site connections before their hello
         self.jobs: dict[str, JobRecord] = {}
         self.current: JobRecord | None = None
         self._queue: queue.Queue[JobRecord | None] = queue.Queue()
@@ -128,7 +129,7 @@ class Server:
             self._listener.close()
             self._listener = None
         with self._lock:
-            conns = list(self.sites.values()) + list(self.admins)
+            conns = list(self.sites.values()) + list(self.admins) + list(self._greeting)
         for c in conns:
             c.close("server stopping")
         self._heartbeats.stop()
@@ -167,15 +168,8 @@ class Server:
             return
         conn = Connection(tls, name, role, self._on_message, self._on_close, self.heartbeat, self.dead_after,
                           name=f"server-{role}-{name}")
-        if role == "site":
-            with self._lock:
-                old = self.sites.get(name)
-                self.sites[name] = conn
-            if old is not None:
-                old.close("replaced by a new connection from the same site")
-        else:
-            with self._lock:
-                self.admins.add(conn)
+        with self._lock:  # a site joins self.sites at its hello, once the welcome is on its way
+            self.admins.add(conn) if role == "admin" else self._greeting.add(conn)
         self._heartbeats.add(conn)
         conn.start()
         log.info("%s %s connected from %s", role, name, addr[0])
@@ -185,6 +179,7 @@ class Server:
             if conn.role == "site" and self.sites.get(conn.peer) is conn:
                 del self.sites[conn.peer]
             self.admins.discard(conn)
+            self._greeting.discard(conn)
             job = self.current
         log.info("%s %s disconnected: %s", conn.role, conn.peer, reason)
         if job is None:
@@ -206,6 +201,10 @@ class Server:
             log.warning("closing %s %s: unknown message type %r", conn.role, conn.peer, msg["t"])
             conn.close(f"protocol error: unknown message type {msg['t']!r}")
             return
+        if conn.role == "site" and msg["t"] != "hello" and self.sites.get(conn.peer) is not conn:
+            log.warning("closing site %s: %r before hello", conn.peer, msg["t"])
+            conn.close(f"protocol error: {msg['t']!r} before hello")
+            return
         handler(self, conn, msg)
 
     def _send(self, conn: Connection, msg: dict) -> None:
@@ -225,12 +224,19 @@ class Server:
     def _site_hello(self, conn: Connection, msg: dict) -> None:
         job = self.current
         has_job = job is not None and msg.get("job") == job.id and conn.peer in job.participants
+        # the welcome goes out before the site is registered: nothing (a deploy) can overtake it
+        self._send(conn, {"t": "welcome", "protocol": PROTOCOL, "job": job.id if has_job else None})
+        with self._lock:
+            self._greeting.discard(conn)
+            old = self.sites.get(conn.peer)
+            self.sites[conn.peer] = conn
+        if old is not None and old is not conn:
+            old.close("replaced by a new connection from the same site")
         if has_job:
             with job.changed:
                 job.joined.add(conn.peer)
                 job.changed.notify_all()
             log.info("site %s rejoined job %s", conn.peer, job.id)
-        self._send(conn, {"t": "welcome", "protocol": PROTOCOL, "job": job.id if has_job else None})
 
     def _site_ready(self, conn: Connection, msg: dict) -> None:
         job = self._job_of(msg)
