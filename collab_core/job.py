@@ -14,6 +14,7 @@ constructor parameter (``self.num_rounds = num_rounds``). Values must be JSON da
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import inspect
@@ -126,12 +127,18 @@ def _is_library(path: Path) -> bool:
     return "site-packages" in text or "dist-packages" in text or any(text.startswith(d) for d in lib_dirs)
 
 
+@functools.lru_cache(maxsize=1)
+def _installed_packages() -> frozenset[str]:
+    """Top-level import names of installed distributions (editable installs too); read once."""
+    return frozenset(importlib.metadata.packages_distributions())
+
+
 def _user_sources(modules: list[types.ModuleType]) -> dict[str, Path]:
     """The .py files of the user's modules and of every loaded module under the same folders.
 
     Modules of installed distributions (collab itself, editable installs included) are never
     the user's code."""
-    installed = set(importlib.metadata.packages_distributions())
+    installed = _installed_packages()
     roots: list[Path] = []
     for module in modules:
         file = getattr(module, "__file__", None)
