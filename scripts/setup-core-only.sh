@@ -8,4 +8,10 @@ VENV=.venv-core
 if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install --quiet -e ".[test]"
+LOG=$(mktemp)
+if ! "$VENV/bin/python" -m pip install --quiet -e ".[test]" >"$LOG" 2>&1; then
+    cat "$LOG" >&2
+    rm -f "$LOG"
+    exit 1
+fi
+rm -f "$LOG"

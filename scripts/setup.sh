@@ -14,4 +14,11 @@ for p in plugins/*/; do
     [ -f "$p/pyproject.toml" ] && PLUGINS+=(-e "$p[test]")
 done
 "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-"$VENV/bin/python" -m pip install --quiet "torch==2.13.0" -e ".[test]" "${PLUGINS[@]}"
+# build back-ends are chatty on stderr; show their output only if the install fails
+LOG=$(mktemp)
+if ! "$VENV/bin/python" -m pip install --quiet "torch==2.13.0" -e ".[test]" "${PLUGINS[@]}" >"$LOG" 2>&1; then
+    cat "$LOG" >&2
+    rm -f "$LOG"
+    exit 1
+fi
+rm -f "$LOG"
