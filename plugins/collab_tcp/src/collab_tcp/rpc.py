@@ -12,7 +12,7 @@ from typing import Any
 from collab_core import wire
 from collab_core.errors import CollabCallError
 from collab_core.executor import ElasticExecutor
-from collab_core.runtime import Call, CancelFlag, SiteRuntime
+from collab_core.runtime import Call, SiteRuntime
 
 from .connection import Connection, ConnectionClosed
 
@@ -136,7 +136,6 @@ class CallServer:
             return
         call = Call(caller=caller, target=self.site.site_name, method=msg["method"], args=tuple(args),
                     kwargs=kwargs, expect_result=bool(msg.get("expect", True)))
-        call.cancelled = CancelFlag()
         key = (id(conn), msg["id"])
         with self._lock:
             self._running[key] = call

@@ -31,7 +31,7 @@ from collab_core.runtime import SERVER, JobRuntime, SiteRuntime
 
 from .connection import Connection, ConnectionClosed, Heartbeats, handshake
 from .kit import AuthError, Kit, peer_identity
-from .rpc import CallServer, TcpBackend, error_from_result
+from .rpc import CallServer, TcpBackend
 
 log = logging.getLogger("collab.tcp.server")
 PROTOCOL = 1
@@ -601,4 +601,4 @@ def raise_failed(job: JobRecord, error: str) -> None:
     job.error = error
 
 
-__all__ = ["Server", "JobRecord", "error_from_result"]
+__all__ = ["Server", "JobRecord"]
