@@ -293,10 +293,6 @@ class _GroupRun:
     def __next__(self) -> tuple[str, Any]:
         return next(self._iter)
 
-    @property
-    def failures_so_far(self) -> dict[str, CollabCallError]:
-        return self.failures
-
     def result(self) -> GroupResult:
         return GroupResult(self.pairs, self.failures)
 

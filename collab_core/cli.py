@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from .errors import CollabError
-from .registry import KINDS, Command, get_registry
+from .registry import Command, get_registry
 
 
 def _plugins_arguments(parser: argparse.ArgumentParser) -> None:
@@ -130,4 +130,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
 
-__all__ = ["main", "build_parser", "core_commands", "KINDS"]
+__all__ = ["main", "build_parser", "core_commands"]

@@ -20,7 +20,6 @@ The server drives it with ``collab.clients.execute(fl_model=...)`` and ends it w
 from __future__ import annotations
 
 import contextvars
-import logging
 from typing import Any, Protocol
 
 from .errors import CollabError
@@ -116,5 +115,3 @@ def system_info() -> dict[str, Any]:
     """Where this script runs: ``{"site_name": ...}``."""
     return {"site_name": get_site_name()}
 
-
-_log = logging.getLogger("collab.client")
