@@ -3,4 +3,6 @@
 from .backend import InProcessBackend
 from .env import SimEnv
 
+__version__ = "0.1.0"
+
 __all__ = ["SimEnv", "InProcessBackend"]

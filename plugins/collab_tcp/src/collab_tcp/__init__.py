@@ -6,4 +6,6 @@ to a long-running server (``collab server start``) that sites (``collab site sta
 
 from .envs import PocEnv, ProdEnv
 
+__version__ = "0.1.0"
+
 __all__ = ["PocEnv", "ProdEnv"]

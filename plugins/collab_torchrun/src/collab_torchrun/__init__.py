@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+__version__ = "0.1.0"
+
 __all__ = ["SubprocessClient", "WorkerError", "WorkerGroup"]
 
 

@@ -17,4 +17,6 @@ TensorBoard event files, an MLflow run and a W&B run (offline unless asked) in t
 
 from .writers import SummaryWriter, log_all_ranks, mlflow, wandb
 
+__version__ = "0.1.0"
+
 __all__ = ["SummaryWriter", "log_all_ranks", "mlflow", "wandb"]
