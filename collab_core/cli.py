@@ -79,6 +79,29 @@ def _recipes_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _versions() -> list[tuple[str, str]]:
+    """(distribution, version): collab-core first, then every distribution that provides a loaded
+    plugin -- the plugins `collab plugins` lists."""
+    from . import __version__
+    from .registry import CORE_DISTRIBUTION
+
+    out = [(CORE_DISTRIBUTION, __version__)]
+    for p in get_registry().plugins():
+        if (p.distribution, p.version) not in out and p.distribution not in (CORE_DISTRIBUTION, "local"):
+            out.append((p.distribution, p.version))
+    return out
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for dist, version in _versions():
+            print(f"{dist} {version}")
+        parser.exit()
+
+
 def core_commands() -> list[Command]:
     return [
         Command("plugins", "list installed plugins, their versions and what they register",
@@ -93,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="collab", description="collab: federated learning as plain Python."
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("-V", "--version", action=_VersionAction,
+                        help="print the versions of collab-core and of every installed plugin, and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     registry = get_registry()
     for command in registry.components("command"):
