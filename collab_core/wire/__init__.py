@@ -72,10 +72,12 @@ from ._frame import (
     read_raw_frame,
     write_frame,
 )
+from .builtin import Blob
 
 __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
+    "Blob",
     "DecodeContext",
     "EncodeContext",
     "FrameDecoder",

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import re
 import struct
 import threading
 import traceback as _traceback
@@ -125,29 +126,50 @@ class RemoteError(CollabError):
 
 
 def _positive(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is None and attribute.name == "max_frame_bytes":
+    if value is None and attribute.name in ("max_frame_bytes", "max_header_expansion"):
         return
     if type(value) is not int or value < 1:
         raise ValueError(f"Limits.{attribute.name} must be a positive int, got {value!r}")
 
 
+#: What any header may cost beyond ``max_header_expansion`` times its size (small messages).
+HEADER_COST_ALLOWANCE = 1 * MiB
+
+
 @attrs.frozen
 class Limits:
-    """Bounds on what a received message may make this process do. Exceeding one is a WireError.
+    """Bounds on what a received message may make this process do. Exceeding one is a WireError
+    raised before the memory is spent. Every field is a positive int (or ``None`` where noted).
 
-    ``max_header_bytes``
-        Size of the msgpack header (all str/bytes values live there; arrays and tensors do not).
-    ``max_depth``
-        Nesting of lists/tuples/dicts/tagged values in the header.
-    ``max_buffers``
-        Number of out-of-band buffers in one message.
-    ``max_frame_bytes``
-        Declared size of one whole frame (header + buffers); ``None`` means no cap, but a frame
+    ``max_header_bytes`` (default 128 MiB)
+        Size of the msgpack header (all str/bytes values live there; arrays, tensors and
+        :class:`~collab_core.wire.Blob` do not). Checked against the frame's declared header
+        length before any of it is received.
+    ``max_depth`` (default 100)
+        Nesting of lists/tuples/sets/dicts/serializer records in the header.
+    ``max_buffers`` (default 2**20)
+        Number of out-of-band buffers in one message (checked on the declared count).
+    ``max_frame_bytes`` (default ``None``)
+        Declared size of one whole frame (header + buffers); ``None`` means no cap, and a frame
         reader still allocates only as the declared bytes actually arrive (see below).
-    ``max_prealloc_bytes``
-        The most a frame reader allocates ahead of data it has received: a buffer declared
-        larger starts at this size and grows as its bytes arrive, so a frame that declares a
-        terabyte and sends nothing costs at most this much.
+    ``max_prealloc_bytes`` (default 64 MiB)
+        Growth step of a frame reader's receive memory: a field starts at min(its size, 64 KiB,
+        this) and doubles, by at most this much a step, each time the bytes received fill it. So
+        what a frame holds is at most twice the bytes that arrived plus 64 KiB a field, whatever
+        it declares, and never more than this much beyond the bytes that arrived.
+    ``max_header_expansion`` (default ``None``: off)
+        Bounds the Python memory decoding a header may cost: at most this many times the
+        header's size plus 1 MiB (``HEADER_COST_ALLOWANCE``). When set, ``loads`` first scans a
+        header that could cost more than that (one of more than a few KiB) without building
+        anything, adding up a safe upper estimate of what each msgpack object will cost as a
+        Python object (a float 32 bytes, a short str about 64, an empty dict 64 plus 64 a pair,
+        8 for each list slot...); it stops and raises WireError as soon as the estimate passes the
+        bound, and it checks ``max_depth`` before anything is built. The scan's work is linear in
+        the header. Off by default (in-process copies do not pay for it); on, at 8, for peers
+        (``collab_core.connection.PEER_LIMITS``). An 8x bound accepts a state dict of 10,000
+        tensors or a list of a million floats, and rejects headers made mostly of tiny objects
+        (a list of millions of short strings or of small negative ints): send those as numpy
+        arrays or :class:`~collab_core.wire.Blob`.
     """
 
     max_header_bytes: int = attrs.field(default=128 * MiB, validator=_positive)
@@ -155,9 +177,240 @@ class Limits:
     max_buffers: int = attrs.field(default=1 << 20, validator=_positive)
     max_frame_bytes: int | None = attrs.field(default=None, validator=_positive)
     max_prealloc_bytes: int = attrs.field(default=64 * MiB, validator=_positive)
+    max_header_expansion: int | None = attrs.field(default=None, validator=_positive)
 
 
 DEFAULT_LIMITS = Limits()
+
+
+# -- the header cost scan -----------------------------------------------------------------------------
+#
+# msgpack's C unpacker has no per-object hook, so a header of 16 Mi empty maps (16 MiB) would build
+# 16 Mi dicts (about 1.2 GB) before anything could object. _header_cost walks the msgpack bytes
+# first: it skips str/bin/ext payloads by their lengths, tracks container nesting, and adds up an
+# upper estimate of the Python memory each object will take (pymalloc rounds to 16 bytes; a list
+# slot is 8 bytes; a dict costs up to ~60 bytes a pair right after it grows). Runs of float64 and of
+# cost-free one-byte values (small ints, nil, bools) are skipped by a regex, in C.
+
+_R16 = 15
+_C_LIST = 64  # the list object (56, rounded); + 9 a slot (msgpack appends: 1/8 over-allocation)
+_C_DICT = 96  # an empty dict (64) and what msgpack's unpacking leaves around it
+_C_DICT1 = 224  # a dict with its first keys table (up to 5 pairs); + _C_PAIR a pair
+_C_PAIR = 64  # a dict right after it grows: ~60 bytes a pair
+_C_NUM = 32  # float, or an int outside CPython's small-int cache
+_C_BIGNUM = 48  # an int of 63-64 bits
+_C_OBJ = 320  # what one serializer record decodes into (an ndarray, a tensor, an attrs object)
+_C_TUPLE = 48  # + 16 an element (the tuple and the slice it is built from)
+_C_SET = 216  # + 120 an element (hash table right after it grows, and the slice)
+_C_EXC = 640
+_C_DATETIME = 64
+#: No msgpack byte can cost more than this when decoded, including the bookkeeping of the
+#: depth check loads does without a scan: headers up to budget / this are not scanned.
+WORST_COST_PER_BYTE = 256
+#: float64 runs are checked this many at a time (a strided slice of their type bytes)
+_RUN = 1 << 14
+
+#: one-byte tokens: (token size, cost) for fixed-size values; size 0 = handled in the slow path
+_FIXED_SIZE = [0] * 256
+_FIXED_COST = [0] * 256
+for _b in range(0x00, 0x80):  # positive fixint (cached)
+    _FIXED_SIZE[_b] = 1
+for _b in range(0xE0, 0x100):  # negative fixint; -5..-1 are cached
+    _FIXED_SIZE[_b] = 1
+    _FIXED_COST[_b] = 0 if _b >= 0xFB else _C_NUM
+for _b, _size, _cost in (
+    (0xC0, 1, 0),  # nil
+    (0xC2, 1, 0),  # false
+    (0xC3, 1, 0),  # true
+    (0xCA, 5, _C_NUM),  # float32
+    (0xCB, 9, _C_NUM),  # float64
+    (0xCC, 2, 0),  # uint8 (cached)
+    (0xCD, 3, _C_NUM),
+    (0xCE, 5, _C_NUM),
+    (0xCF, 9, _C_BIGNUM),
+    (0xD0, 2, _C_NUM),
+    (0xD1, 3, _C_NUM),
+    (0xD2, 5, _C_NUM),
+    (0xD3, 9, _C_BIGNUM),
+):
+    _FIXED_SIZE[_b] = _size
+    _FIXED_COST[_b] = _cost
+_FIXED_SIZE_T = tuple(_FIXED_SIZE)
+_FIXED_COST_T = tuple(_FIXED_COST)
+del _FIXED_SIZE, _FIXED_COST
+
+_FREE_RUN = re.compile(rb"[\x00-\x7f\xc0\xc2\xc3\xfb-\xff]+")  # one-byte values that cost nothing
+_FOUR_BYTE = re.compile(rb"[\xf0-\xff]")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+#: marker ext codes that turn the list they start into something else: extra cost (base, per element)
+_MARK_COST = {EXT_TUPLE: (_C_TUPLE, 16), EXT_SET: (_C_SET, 120), EXT_FROZENSET: (_C_SET, 120), EXT_EXC: (_C_EXC, 0)}
+_CHUNK = 1 << 16
+
+
+def _str_cost(data: bytes, p: int, n: int) -> int:
+    if n < 2:  # "" and one-character ASCII strings are cached
+        return 0
+    if n <= _CHUNK:
+        ascii_ = data[p : p + n].isascii()
+    else:
+        ascii_ = all(data[q : min(q + _CHUNK, p + n)].isascii() for q in range(p, p + n, _CHUNK))
+    if ascii_:
+        return (49 + n + _R16) & ~_R16
+    if _FOUR_BYTE.search(data, p, p + n) is None:  # at most 2 bytes a character
+        return (76 + 2 * n + _R16) & ~_R16
+    return (80 + 4 * n + _R16) & ~_R16
+
+
+def _ext_cost(code: int, n: int, array_n: int) -> int:
+    """Cost of an ext value; ``array_n`` is the length of the list it starts (-1: not first)."""
+    if code == EXT_TAGGED or code == EXT_TAG:
+        return _C_OBJ
+    if code == EXT_BIGINT:
+        return 48 + 2 * n
+    if code == EXT_COMPLEX:
+        return _C_NUM
+    if code == -1:
+        return _C_DATETIME
+    extra = _MARK_COST.get(code)
+    if extra is None or array_n < 0:
+        return 0  # unknown codes and stray markers fail at once
+    return extra[0] + extra[1] * array_n
+
+
+def _header_cost(header: Any, budget: int, max_depth: int) -> int:
+    """An upper estimate of the Python memory ``loads`` spends on msgpack ``header``, or a figure
+    over ``budget`` as soon as the estimate passes it. Raises WireError if containers nest deeper
+    than ``max_depth``. Malformed data just ends the scan (msgpack then reports it). Work and
+    memory are linear in the header (a memoryview is copied to bytes once, for fast slicing)."""
+    data = header if type(header) is bytes else bytes(header)
+    size_of = _FIXED_SIZE_T
+    cost_of = _FIXED_COST_T
+    free_run = _FREE_RUN.match
+    end = len(data)
+    pos = 0
+    cost = 0
+    rem = 1  # values still to come in the innermost open container (the document itself: 1)
+    stack: list[int] = []
+    array_end = -1  # where the last non-empty array header ended
+    array_n = 0
+    while cost <= budget:
+        if not rem:
+            if not stack:
+                break
+            rem = stack.pop()
+            continue
+        if pos >= end:
+            break
+        b = data[pos]
+        size = size_of[b]
+        if size:
+            if rem > 1:
+                if b == 0xCB:  # a run of float64: their type bytes, 9 apart
+                    types = data[pos : pos + 9 * min(rem, _RUN) : 9]
+                    k = len(types) - len(types.lstrip(b"\xcb"))
+                    if pos + 9 * k > end:  # the last one is cut short: msgpack reports it
+                        k = (end - pos) // 9
+                    if k:
+                        cost += _C_NUM * k
+                        rem -= k
+                        pos += 9 * k
+                        continue
+                if size == 1 and not cost_of[b]:
+                    m = free_run(data, pos, min(end, pos + rem))
+                    if m is not None:
+                        rem -= m.end() - pos
+                        pos = m.end()
+                        continue
+            cost += cost_of[b]
+            pos += size
+            rem -= 1
+            continue
+        rem -= 1
+        if 0xA0 <= b <= 0xBF:  # fixstr
+            n = b & 0x1F
+            if pos + 1 + n > end:
+                break
+            cost += _str_cost(data, pos + 1, n)
+            pos += 1 + n
+            continue
+        if 0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF:  # containers
+            if b <= 0x9F:
+                n, hdr, is_map = b & 0x0F, 1, b <= 0x8F
+            else:
+                wide = b & 1
+                hdr = 5 if wide else 3
+                if pos + hdr > end:
+                    break
+                n = (_U32 if wide else _U16).unpack_from(data, pos + 1)[0]
+                is_map = b >= 0xDE
+            pos += hdr
+            if len(stack) >= max_depth:
+                raise WireError(f"message nests deeper than Limits.max_depth={max_depth}")
+            if is_map:
+                cost += (_C_DICT1 + _C_PAIR * n) if n else _C_DICT
+                n *= 2
+            else:
+                cost += _C_LIST + 9 * n
+                if n:
+                    array_end, array_n = pos, n
+            if n:
+                stack.append(rem)
+                rem = n
+            continue
+        if 0xD9 <= b <= 0xDB or 0xC4 <= b <= 0xC6:  # str8/16/32, bin8/16/32
+            w = 1 << ((b - 0xD9) if b >= 0xD9 else (b - 0xC4))
+            if pos + 1 + w > end:
+                break
+            n = data[pos + 1] if w == 1 else (_U16 if w == 2 else _U32).unpack_from(data, pos + 1)[0]
+            p = pos + 1 + w
+            if p + n > end:
+                break
+            if b <= 0xC6:
+                cost += 0 if n < 2 else (33 + n + _R16) & ~_R16
+            else:
+                cost += _str_cost(data, p, n)
+            pos = p + n
+            continue
+        if 0xD4 <= b <= 0xD8 or 0xC7 <= b <= 0xC9:  # fixext, ext8/16/32
+            if b >= 0xD4:
+                n, hdr = 1 << (b - 0xD4), 2
+            else:
+                w = 1 << (b - 0xC7)
+                hdr = 2 + w
+                if pos + hdr > end:
+                    break
+                n = data[pos + 1] if w == 1 else (_U16 if w == 2 else _U32).unpack_from(data, pos + 1)[0]
+            if pos + hdr > end:
+                break
+            code = data[pos + hdr - 1]
+            if code >= 128:
+                code -= 256
+            cost += _ext_cost(code, n, array_n if pos == array_end else -1)
+            pos += hdr + n
+            continue
+        break  # 0xc1 (never used): msgpack rejects it
+    return cost
+
+
+def _check_header_cost(header: Any, hlen: int, lim: Limits) -> bool:
+    """Raise WireError if decoding ``header`` could cost more than ``lim`` allows; True if it was
+    scanned (then nesting was checked too)."""
+    expansion = lim.max_header_expansion
+    if expansion is None:
+        return False
+    budget = expansion * hlen + HEADER_COST_ALLOWANCE
+    if hlen * WORST_COST_PER_BYTE <= budget:
+        return False
+    cost = _header_cost(header, budget, lim.max_depth)
+    if cost > budget:
+        raise WireError(
+            f"a {hlen}-byte message header would cost over {budget} bytes of memory to decode "
+            f"(estimated {cost} bytes before the scan stopped), over Limits.max_header_expansion="
+            f"{expansion} x its size + {HEADER_COST_ALLOWANCE} bytes: it holds too many small values. "
+            f"Send large or numerous values as numpy arrays or collab_core.wire.Blob (out of band)"
+        )
+    return True
 
 
 # -- serializers ------------------------------------------------------------------------------------
@@ -501,7 +754,8 @@ class _Codec:
                 break
         else:
             raise WireError(_unknown_type_message(cls))
-        self.encoders[cls] = enc
+        if not getattr(cls, "_wire_uncached", False):  # Blob makes a class per length: not kept
+            self.encoders[cls] = enc
         return enc
 
 
@@ -658,6 +912,7 @@ def loads(
         views = [_as_byte_view(b) for b in buffers]
     except TypeError:
         raise WireError("buffers must be bytes-like objects") from None
+    scanned = _check_header_cost(header, hlen, lim)  # also checked the nesting if it scanned
     codec = _codec(serializers)
     ctx = DecodeContext(views, map_location, lim)
     marks = codec.marks
@@ -710,8 +965,9 @@ def loads(
                 raise
             except Exception as exc:
                 raise WireError(f"malformed {mark.name!r} value: {type(exc).__name__}: {exc}") from exc
-        raws.append(lst)
-        outs.append(out)
+        if not scanned:
+            raws.append(lst)
+            outs.append(out)
         return out
 
     def object_hook(d: dict) -> dict:
@@ -724,7 +980,7 @@ def loads(
             header,
             ext_hook=ext_hook,
             list_hook=list_hook,
-            object_hook=object_hook,
+            object_hook=None if scanned else object_hook,
             strict_map_key=False,
             raw=False,
             timestamp=3,

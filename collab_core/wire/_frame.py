@@ -56,10 +56,15 @@ PREFIX_SIZE = _START.size + _COUNTS.size  # 20
 
 #: Buffers received into a shared arena start at multiples of this (cache line, SIMD friendly).
 _ALIGN = 64
-#: Buffers at least this big are received into anonymous memory maps rather than bytearrays:
-#: the kernel hands out zeroed pages as they are written (no memset pass over the whole buffer)
-#: and growing one is a remap, not a copy.
+#: Receive regions of at least this size are anonymous memory maps rather than bytearrays: the
+#: kernel hands out zeroed pages as they are written (no memset pass) and growing one is a remap.
 _MMAP_THRESHOLD = 1 << 20
+#: The first allocation of a received field: what a frame costs before its bytes arrive.
+_INITIAL = 64 << 10
+#: A region is advised for transparent huge pages once it grows to this size (half of it received).
+_HUGE_FROM = 4 << 20
+#: Buffers up to this size share arenas of up to this size (one allocation for many small buffers).
+_ARENA_MAX = 64 << 20
 try:
     _IOV_MAX = max(16, min(os.sysconf("SC_IOV_MAX"), 1024))
 except (AttributeError, ValueError, OSError):
@@ -69,15 +74,6 @@ _MAP_PRIVATE = getattr(mmap, "MAP_PRIVATE", 0x02)
 _MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", None)
 
 RawFrame = tuple[memoryview, list[memoryview]]
-
-
-def _advise(m: mmap.mmap) -> None:
-    """Ask for transparent huge pages on big receive buffers: far fewer page faults to fill them."""
-    if _MADV_HUGEPAGE is not None and len(m) >= 2 * _MMAP_THRESHOLD:
-        try:
-            m.madvise(_MADV_HUGEPAGE)
-        except (OSError, ValueError):
-            pass
 
 
 def _prefix(header_len: int, lengths: Sequence[int]) -> bytes:
@@ -146,77 +142,127 @@ def _write_parts(writer: Any, parts: list[Any]) -> int:
 
 
 # -- receiving --------------------------------------------------------------------------------------
+#
+# Memory is committed as bytes arrive, never from a declared size: every field (the length table
+# and header, a big buffer of its own, or a run of smaller buffers sharing one arena) is received
+# into a _Region that starts at min(size, 64 KiB) and doubles -- by at most
+# Limits.max_prealloc_bytes a step -- each time the bytes already received fill it. So a region
+# holds at most twice what arrived (plus its first 64 KiB), whatever the frame declares. Regions of
+# 1 MiB or more are anonymous memory maps grown in place (mremap: no copy), and only a map at least
+# half of whose bytes arrived is advised for transparent huge pages: with huge pages a write can
+# commit up to 2 MiB around it, so advice is given only where the peer has already paid for it.
+
+
+class _Region:
+    """Memory for ``size`` bytes received in order, grown as they arrive (see above)."""
+
+    __slots__ = ("size", "buf", "step", "advised")
+
+    def __init__(self, size: int, step: int):
+        self.size = size
+        self.step = step
+        self.advised = False
+        self.buf: Any = _alloc(min(size, _INITIAL, step), size >= _MMAP_THRESHOLD)
+
+    def grow(self) -> Any:
+        """Room beyond the current end (which the received bytes have reached)."""
+        old = self.buf
+        n = len(old)
+        new_len = min(self.size, n + max(min(n, self.step), 1))
+        if isinstance(old, mmap.mmap):
+            try:
+                old.resize(new_len)
+            except (BufferError, OSError, SystemError, ValueError):
+                pass
+            else:
+                self._advise(old)
+                return old
+        new = _alloc(new_len, self.size >= _MMAP_THRESHOLD)
+        self._advise(new)
+        if n:
+            dst = memoryview(new)
+            src = memoryview(old)
+            dst[:n] = src[:n]
+            dst.release()
+            src.release()
+        self.buf = new
+        return new
+
+    def _advise(self, m: Any) -> None:
+        # Called only as the region grows: at least half of ``m`` holds bytes that arrived.
+        if self.advised or _MADV_HUGEPAGE is None or len(m) < _HUGE_FROM or not isinstance(m, mmap.mmap):
+            return
+        self.advised = True
+        try:
+            m.madvise(_MADV_HUGEPAGE)
+        except (OSError, ValueError):
+            pass
 
 
 class _Target:
-    """Where the bytes of one field go: its own buffer, or a slice of a shared arena.
+    """Where the bytes of one field go: ``size`` bytes from offset ``base`` of a region."""
 
-    An own buffer of a declared size grows as its bytes arrive and never holds more than
-    ``prealloc`` bytes beyond those already received.
-    """
+    __slots__ = ("size", "filled", "region", "base")
 
-    __slots__ = ("size", "buf", "filled", "prealloc", "base")
-
-    def __init__(self, size: int, prealloc: int, arena: Any = None, base: int = 0):
+    def __init__(self, size: int, region: _Region, base: int = 0):
         self.size = size
         self.filled = 0
-        self.prealloc = prealloc
+        self.region = region
         self.base = base
-        self.buf: Any = _alloc(min(size, prealloc)) if arena is None else arena
 
     def view(self) -> memoryview:
-        buf = self.buf
+        region = self.region
+        buf = region.buf
         start = self.base + self.filled
-        if start == len(buf):  # only an own buffer can run out
-            buf = self._grow()
-        return memoryview(buf)[start : self.base + self.size]
+        while start >= len(buf):
+            buf = region.grow()
+        return memoryview(buf)[start : min(self.base + self.size, len(buf))]
 
     def result(self) -> memoryview:
-        mv = memoryview(self.buf)
+        mv = memoryview(self.region.buf)
         if self.base == 0 and mv.nbytes == self.size:
             return mv
         return mv[self.base : self.base + self.size]
 
-    def _grow(self) -> Any:
-        old = self.buf
-        new_len = min(self.size, self.filled + self.prealloc)
-        if isinstance(old, mmap.mmap):
-            try:
-                old.resize(new_len)
-                _advise(old)
-                return old
-            except (BufferError, OSError, SystemError, ValueError):
-                pass
-        new = _alloc(new_len)
-        new[: self.filled] = old[: self.filled]
-        self.buf = new
-        return new
+    def reserved(self) -> int:
+        """Bytes allocated in its region beyond those received."""
+        return max(len(self.region.buf) - self.base - self.filled, 0)
 
 
-def _alloc(n: int) -> Any:
-    if n >= _MMAP_THRESHOLD:
+def _alloc(n: int, mapped: bool = False) -> Any:
+    if mapped or n >= _MMAP_THRESHOLD:
         try:
-            m = mmap.mmap(-1, n, flags=_MAP_PRIVATE)
+            return mmap.mmap(-1, max(n, 1), flags=_MAP_PRIVATE)
         except (OSError, ValueError, TypeError):
             pass
-        else:
-            _advise(m)
-            return m
     try:
         return bytearray(n)
     except MemoryError:
         raise WireError(f"cannot allocate {n} bytes for a received buffer") from None
 
 
+def _small(size: int) -> _Target:
+    return _Target(size, _Region(size, size))
+
+
+#: the one zero-length buffer every empty field of every frame gets (writable, holds nothing)
+_EMPTY = memoryview(bytearray())
+
+
 class FrameDecoder:
     """Incremental frame reader for push-style transports (asyncio ``BufferedProtocol`` and the like).
 
-    Zero-copy use: write received bytes directly into ``get_buffer()`` (it is exactly the rest of
-    the current field, never beyond the current frame) and report them with
-    ``buffer_updated(n)``, which returns a raw frame ``(header, buffers)`` when one completes.
-    Or call ``feed(data)`` with any chunk (copied) to get every completed frame. Decode a raw
-    frame with ``loads(header, buffers, ...)``. Buffers are writable (bytearray or, from 1 MiB up,
-    anonymous mmap), so arrays and tensors built over them are writable too.
+    Zero-copy use: write received bytes directly into ``get_buffer()`` (a part of the current
+    field, never beyond the current frame) and report them with ``buffer_updated(n)``, which
+    returns a raw frame ``(header, buffers)`` when one completes. Release the view before the next
+    ``get_buffer()`` so that memory can grow in place. Or call ``feed(data)`` with any chunk
+    (copied) to get every completed frame. Decode a raw frame with ``loads(header, buffers, ...)``.
+    Buffers are writable (bytearray or, from 1 MiB up, anonymous mmap), so arrays and tensors
+    built over them are writable too.
+
+    Memory follows the bytes that arrived, not the sizes the frame declares: each field starts at
+    64 KiB at most and doubles as it fills (by at most ``Limits.max_prealloc_bytes`` a step);
+    :attr:`reserved_bytes` says how much is allocated beyond the bytes received.
 
     Framing errors (bad magic, wrong version, limits) raise WireError and poison the decoder.
     """
@@ -228,24 +274,24 @@ class FrameDecoder:
 
     def _reset(self) -> None:
         self._state = 0  # 0: start, 1: counts, 2: table+header, 3: buffers
-        self._target = _Target(_START.size, _START.size)
+        self._target = _small(_START.size)
         self._nbuf = 0
         self._hlen = 0
         self._lengths: tuple[int, ...] = ()
         self._header: memoryview | None = None
-        self._buffers: list[memoryview] = []
-        self._arena: Any = None
+        self._buffers: list[Any] = []  # memoryviews (empty ones) and completed _Targets
+        self._arena: _Region | None = None
         self._arena_pos = 0
 
-    def _new_arena(self, first: int, cap: int) -> None:
-        """One allocation for the run of small buffers from ``first`` on, up to ``cap`` bytes."""
+    def _new_arena(self, first: int) -> None:
+        """A region for the run of buffers from ``first`` on that fit in ``_ARENA_MAX`` together."""
         total = 0
         for n in itertools.islice(self._lengths, first, None):
             padded = (n + _ALIGN - 1) & -_ALIGN
-            if n > cap or (total and total + padded > cap):
+            if n > _ARENA_MAX or (total and total + padded > _ARENA_MAX):
                 break
             total += padded
-        self._arena = _alloc(total)
+        self._arena = _Region(total, self.limits.max_prealloc_bytes)
         self._arena_pos = 0
 
     @property
@@ -253,13 +299,18 @@ class FrameDecoder:
         """True when no bytes of a next frame have arrived yet (a clean place to stop)."""
         return self._state == 0 and self._target.filled == 0
 
+    @property
+    def reserved_bytes(self) -> int:
+        """Bytes of receive memory allocated beyond the bytes received so far."""
+        return self._target.reserved()
+
     def bytes_wanted(self) -> int:
         """How many more bytes the current field needs (a good size for the next read)."""
         t = self._target
         return t.size - t.filled
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
-        """A writable view for the next received bytes (the remainder of the current field)."""
+        """A writable view for the next received bytes (a part of the rest of the current field)."""
         if self._error is not None:
             raise self._error
         return self._target.view()
@@ -289,7 +340,7 @@ class FrameDecoder:
             dst = self.get_buffer()
             n = min(dst.nbytes, end - pos)
             dst[:n] = src[pos : pos + n]
-            del dst
+            dst.release()
             pos += n
             frame = self.buffer_updated(n)
             if frame is not None:
@@ -307,7 +358,7 @@ class FrameDecoder:
         """The current field is complete: move to the next non-empty field, or finish the frame."""
         lim = self.limits
         state = self._state
-        buf = self._target.buf
+        buf = self._target.region.buf
         if state == 0:
             magic, version, flags, reserved = _START.unpack_from(buf, 0)
             if magic != MAGIC:
@@ -327,7 +378,7 @@ class FrameDecoder:
             if flags or reserved:
                 raise WireError(f"unsupported frame flags {flags:#x}/{reserved:#x} in a version {version} frame")
             self._state = 1
-            self._target = _Target(_COUNTS.size, _COUNTS.size)
+            self._target = _small(_COUNTS.size)
             return None
         if state == 1:
             nbuf, hlen = _COUNTS.unpack_from(buf, 0)
@@ -339,7 +390,8 @@ class FrameDecoder:
                 raise WireError("frame declares an empty header")
             self._nbuf, self._hlen = nbuf, hlen
             self._state = 2
-            self._target = _Target(8 * nbuf + hlen, lim.max_prealloc_bytes)
+            size = 8 * nbuf + hlen
+            self._target = _Target(size, _Region(size, lim.max_prealloc_bytes))
             return None
         if state == 2:
             nbuf = self._nbuf
@@ -348,35 +400,38 @@ class FrameDecoder:
             if lim.max_frame_bytes is not None and total > lim.max_frame_bytes:
                 raise WireError(f"frame declares {total} bytes, over Limits.max_frame_bytes={lim.max_frame_bytes}")
             self._lengths = lengths
-            self._header = memoryview(buf)[8 * nbuf : 8 * nbuf + self._hlen]
+            self._header = self._target.result()[8 * nbuf : 8 * nbuf + self._hlen]
             self._state = 3
             return self._next_buffer()
         # state 3: a buffer is complete
-        self._buffers.append(self._target.result())
+        self._buffers.append(self._target)
         return self._next_buffer()
 
     def _next_buffer(self) -> RawFrame | None:
         lengths = self._lengths
         buffers = self._buffers
-        cap = self.limits.max_prealloc_bytes
         while len(buffers) < len(lengths):
             i = len(buffers)
             n = lengths[i]
             if not n:
-                buffers.append(memoryview(bytearray()))
+                buffers.append(_EMPTY)
                 continue
-            if n > cap:  # a big buffer of its own, grown as it arrives
-                self._target = _Target(n, cap)
+            if n > _ARENA_MAX:  # a big buffer of its own, grown as it arrives
+                self._target = _Target(n, _Region(n, self.limits.max_prealloc_bytes))
                 return None
-            if self._arena is None or self._arena_pos + n > len(self._arena):
-                self._new_arena(i, cap)
-            self._target = _Target(n, cap, self._arena, self._arena_pos)
+            arena = self._arena
+            if arena is None or self._arena_pos + n > arena.size:
+                self._new_arena(i)
+                arena = self._arena
+                assert arena is not None
+            self._target = _Target(n, arena, self._arena_pos)
             self._arena_pos += (n + _ALIGN - 1) & -_ALIGN
             return None
         header = self._header
         assert header is not None
+        out = [b if type(b) is memoryview else b.result() for b in buffers]
         self._reset()
-        return header, buffers
+        return header, out
 
 
 def _recv_into_of(reader: Any) -> Callable[[memoryview], int]:
@@ -412,7 +467,7 @@ def _read_raw(recv_into: Callable[[memoryview], int], limits: Limits | None) -> 
     while True:
         mv = dec.get_buffer()
         n = recv_into(mv)
-        del mv  # release the export so the buffer may grow in place
+        mv.release()  # release the export so the buffer may grow in place
         if not n:
             if dec.at_boundary:
                 raise FrameEOFError("the stream ended before a frame started (peer closed the connection)")

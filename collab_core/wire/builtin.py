@@ -1,5 +1,6 @@
-"""The serializers core registers through its built-in plugin: numpy arrays and scalars, torch
-tensors (only where torch is installed) and :class:`~collab_core.fl_model.FLModel`.
+"""The serializers core registers through its built-in plugin: :class:`Blob` (large binary data out of
+band), numpy arrays and scalars, torch tensors (only where torch is installed) and
+:class:`~collab_core.fl_model.FLModel`.
 
 Nothing here imports numpy or torch until a value of theirs is encoded or one of their tags is
 decoded: types are matched by name (``numpy.ndarray``, ``torch.Tensor``).
@@ -11,6 +12,7 @@ Array payload (a ``bytes`` payload, so it is decoded straight from msgpack's ``e
 
 Data is always little-endian on the wire; ``prod(shape) * itemsize`` must equal the buffer's
 length. Numpy scalars carry their bytes inline: ``u8 len(dtype) | dtype name | raw bytes``.
+A Blob's payload is ``u32 buffer index``: its bytes are that one out-of-band buffer.
 """
 
 from __future__ import annotations
@@ -20,11 +22,19 @@ import importlib.util
 import math
 import struct
 import sys
+import threading
 from typing import Any
 
-from ._codec import DecodeContext, EncodeContext, Serializer, WireError, attrs_serializer
+from ._codec import (
+    DecodeContext,
+    EncodeContext,
+    Serializer,
+    WireError,
+    attrs_serializer,
+    qualified_name,
+)
 
-__all__ = ["builtin_serializers", "NUMPY_DTYPES", "TORCH_DTYPES"]
+__all__ = ["Blob", "builtin_serializers", "NUMPY_DTYPES", "TORCH_DTYPES"]
 
 _HEAD = struct.Struct("<BBBI")  # flags, ndim, len(dtype name), buffer index
 _F_ORDER = 1
@@ -115,6 +125,191 @@ def _check_length(shape: tuple[int, ...], itemsize: int, buf: memoryview, dtype:
         )
 
 
+# -- Blob -------------------------------------------------------------------------------------------
+
+
+class _PyBuffer(ctypes.Structure):
+    """CPython's ``Py_buffer`` (to read the address of a read-only buffer)."""
+
+    _fields_ = [
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.c_void_p),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    ]
+
+
+def _address(view: memoryview) -> int:
+    """Address of the first byte of a contiguous buffer (the export stays held by ``view``)."""
+    get = ctypes.pythonapi.PyObject_GetBuffer
+    get.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
+    get.restype = ctypes.c_int
+    release = ctypes.pythonapi.PyBuffer_Release
+    release.argtypes = [ctypes.POINTER(_PyBuffer)]
+    release.restype = None
+    pb = _PyBuffer()
+    if get(view, ctypes.byref(pb), 0) != 0:  # pragma: no cover - a memoryview always exports
+        raise BufferError("cannot read the address of the buffer")
+    try:
+        return int(pb.buf or 0)
+    finally:
+        release(ctypes.byref(pb))
+
+
+#: Per-length classes (Python < 3.12 can only export a buffer from a C type: a ctypes array of
+#: exactly the blob's length). A bounded cache; a class evicted from it stays valid.
+_blob_types: dict[int, type] = {}
+_BLOB_TYPES_MAX = 4096
+_blob_lock = threading.Lock()
+
+
+class Blob:
+    """Read-only bytes over any buffer (``bytes``, ``bytearray``, ``memoryview``, ``mmap``), sent by
+    the wire format as ONE out-of-band buffer: neither encoding nor decoding copies its bytes.
+
+    A received Blob wraps the received buffer. ``bytes(blob)`` copies; ``len(blob)``,
+    ``memoryview(blob)``, ``blob.view`` (a read-only memoryview), ``blob[i]`` (an int),
+    ``blob[a:b]`` (a Blob over the slice, no copy), iteration, and equality and hashing like the
+    equal ``bytes`` work as for bytes. The Blob keeps its buffer alive (and, for an ``mmap``, open);
+    it does not copy it, so changes made through another reference to a writable buffer show.
+
+    Use it for big binary data (job files, checkpoints, archives): a plain ``bytes`` value
+    travels inside the msgpack header instead, which is bounded by ``Limits.max_header_bytes``.
+
+    Never write through ``memoryview(blob)``: before Python 3.12 the class can export its
+    buffer only as a (writable) ctypes array; ``blob.view`` is read-only everywhere.
+    """
+
+    __slots__ = ()
+    _wire_uncached = True  # a class per length: the encoder table must not remember each
+
+    def __new__(cls, data: Any = b"") -> Blob:
+        if isinstance(data, Blob):
+            return data
+        try:
+            mv = data if type(data) is memoryview else memoryview(data)
+        except TypeError:
+            raise TypeError(f"Blob needs a bytes-like object, got {type(data).__name__}") from None
+        if mv.ndim != 1 or mv.format not in ("B", "b", "c"):
+            if not mv.c_contiguous:
+                raise TypeError("Blob needs a C-contiguous buffer")
+            mv = mv.cast("B")
+        elif mv.format != "B":
+            mv = mv.cast("B")
+        n = mv.nbytes
+        kind = _blob_type(n)
+        if n == 0:
+            obj = kind.from_buffer(bytearray())
+        elif mv.readonly:
+            obj = kind.from_address(_address(mv))
+        else:
+            obj = kind.from_buffer(mv)
+        obj.__dict__["_view"] = mv.toreadonly()  # keeps the source (and its export) alive
+        return obj
+
+    def __init__(self, data: Any = b"") -> None:  # the ctypes base must not see ``data``
+        pass
+
+    @property
+    def view(self) -> memoryview:
+        """A read-only memoryview of the bytes (no copy)."""
+        return self.__dict__["_view"]
+
+    def __len__(self) -> int:
+        return self.__dict__["_view"].nbytes
+
+    def __bytes__(self) -> bytes:
+        return self.__dict__["_view"].tobytes()
+
+    def tobytes(self) -> bytes:
+        return self.__dict__["_view"].tobytes()
+
+    def __getitem__(self, key: Any) -> Any:
+        v = self.__dict__["_view"]
+        if isinstance(key, slice):
+            if key.step not in (None, 1):
+                return v[key].tobytes()
+            return Blob(v[key])
+        return v[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        raise TypeError("a Blob is read-only")
+
+    def __delitem__(self, key: Any) -> None:
+        raise TypeError("a Blob is read-only")
+
+    def __iter__(self) -> Any:
+        return iter(self.__dict__["_view"])
+
+    def __eq__(self, other: Any) -> bool:
+        if isinstance(other, Blob):
+            other = other.view
+        elif not isinstance(other, (bytes, bytearray, memoryview)):
+            try:
+                other = memoryview(other)
+            except TypeError:
+                return NotImplemented
+        return self.__dict__["_view"] == other
+
+    def __ne__(self, other: Any) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    def __hash__(self) -> int:
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = self.__dict__["_hash"] = hash(self.__dict__["_view"].tobytes())
+        return h
+
+    def __repr__(self) -> str:
+        v = self.__dict__["_view"]
+        head = v[:16].tobytes()
+        return f"Blob({head!r}{'...' if v.nbytes > 16 else ''}, {v.nbytes} bytes)"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Blob, (self.tobytes(),))
+
+    def __copy__(self) -> Blob:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> Blob:
+        return Blob(self.tobytes())
+
+    def __buffer__(self, flags: int) -> memoryview:  # Python >= 3.12: exports are read-only
+        return self.__dict__["_view"]
+
+
+def _blob_type(n: int) -> type:
+    kind = _blob_types.get(n)
+    if kind is None:
+        kind = type("Blob", (Blob, ctypes.c_ubyte * n), {"__module__": Blob.__module__, "__qualname__": "Blob"})
+        with _blob_lock:
+            if len(_blob_types) >= _BLOB_TYPES_MAX:
+                _blob_types.clear()
+            _blob_types[n] = kind
+    return kind
+
+
+_BLOB_RECORD = struct.Struct("<I")
+
+
+def _encode_blob(b: Any, ctx: EncodeContext) -> bytes:
+    return _BLOB_RECORD.pack(ctx.add_buffer(b.view))
+
+
+def _decode_blob(payload: Any, ctx: DecodeContext) -> Blob:
+    if type(payload) is not bytes or len(payload) != _BLOB_RECORD.size:
+        raise WireError("malformed collab.Blob record")
+    return Blob(ctx.buffer(_BLOB_RECORD.unpack(payload)[0]))
+
+
 # -- numpy ------------------------------------------------------------------------------------------
 
 _np: Any = None
@@ -184,9 +379,8 @@ def _decode_ndarray(payload: Any, ctx: DecodeContext) -> Any:
         raise WireError("malformed numpy.ndarray record (trailing bytes)")
     buf = ctx.buffer(index)
     _check_length(shape, dt.itemsize, buf, dtype)
-    if flags:
-        return np.frombuffer(buf, dtype=dt).reshape(shape[::-1]).T
-    return np.frombuffer(buf, dtype=dt).reshape(shape)
+    # one array object straight over the buffer (no intermediate 1-D array)
+    return np.ndarray(shape, dtype=dt, buffer=buf, order="F" if flags else "C")
 
 
 def _encode_np_scalar(x: Any, ctx: EncodeContext) -> bytes:
@@ -323,10 +517,11 @@ def torch_available() -> bool:
 
 
 def builtin_serializers() -> list[Serializer]:
-    """numpy.ndarray, numpy.scalar, torch.Tensor (if torch is installed) and collab.FLModel."""
+    """collab.Blob, numpy.ndarray, numpy.scalar, torch.Tensor (if torch is installed) and collab.FLModel."""
     from ..fl_model import FLModel
 
     out = [
+        Serializer("collab.Blob", (qualified_name(Blob),), _encode_blob, _decode_blob),
         Serializer("numpy.ndarray", ("numpy.ndarray",), _encode_ndarray, _decode_ndarray),
         Serializer("numpy.scalar", ("numpy.generic",), _encode_np_scalar, _decode_np_scalar),
         attrs_serializer(FLModel, "collab.FLModel"),

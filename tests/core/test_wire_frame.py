@@ -21,6 +21,7 @@ from collab_core.wire import (
     Limits,
     WireError,
     WireVersionError,
+    _frame,
     dumps,
     frame_parts,
     loads,
@@ -29,7 +30,6 @@ from collab_core.wire import (
     read_raw_frame,
     write_frame,
 )
-from collab_core.wire import _frame
 
 SMALL = Limits(max_prealloc_bytes=1 << 16)
 
@@ -240,11 +240,11 @@ def test_received_buffers_are_aligned_and_independent():
     header, buffers = read_raw_frame(io.BytesIO(frame_bytes(arrays)))
     addresses = [np.frombuffer(b, np.uint8).ctypes.data for b in buffers if b.nbytes]
     assert all(a % 16 == 0 for a in addresses)
-    assert all((b - a) % 64 == 0 for a, b in zip(addresses, addresses[1:]))
+    assert all((b - a) % 64 == 0 for a, b in zip(addresses, addresses[1:], strict=False))
     out = loads(header, buffers)
     for o in out:
         o += 100  # writable, and no array spills into its neighbour
-    for i, (a, o) in enumerate(zip(arrays, out)):
+    for a, o in zip(arrays, out, strict=True):
         np.testing.assert_array_equal(o, a + 100)
 
 
@@ -340,9 +340,9 @@ def allocations(monkeypatch):
     sizes: list[int] = []
     real = _frame._alloc
 
-    def spy(n):
+    def spy(n, *args):
         sizes.append(n)
-        return real(n)
+        return real(n, *args)
 
     monkeypatch.setattr(_frame, "_alloc", spy)
     return sizes

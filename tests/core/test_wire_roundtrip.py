@@ -51,11 +51,11 @@ def assert_same(a: Any, b: Any) -> None:
         assert struct.pack("<dd", a.real, a.imag) == struct.pack("<dd", b.real, b.imag)
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b)
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=False):
             assert_same(x, y)
     elif isinstance(a, dict):
         assert len(a) == len(b)
-        for (ka, va), (kb, vb) in zip(a.items(), b.items()):  # order kept
+        for (ka, va), (kb, vb) in zip(a.items(), b.items(), strict=False):  # order kept
             assert_same(ka, kb)
             assert_same(va, vb)
     else:
@@ -99,7 +99,7 @@ def assert_same(a: Any, b: Any) -> None:
         [1, (2, 3), [4, (5, (6,))]],
         {},
         {"a": 1, "b": [1, 2]},
-        {1: "int", 2.5: "float", None: "none", b"k": "bytes", (1, "x"): "tuple", (): "empty", True: "bool"},
+        {1: "int", 2.5: "float", None: "none", b"k": "bytes", (1, "x"): "tuple", (): "empty", False: "bool"},
         {(1, (2, 3)): {(4,): (5,)}},
         {3, 1, 2},
         frozenset({"a", "b"}),
