@@ -31,6 +31,7 @@ from .context import SiteContext, current
 from .context import _current as _site_var
 from .errors import CollabError, RecipeError
 from .fl_model import FLModel
+from .loading import job_script
 
 log = logging.getLogger("collab.client")
 
@@ -215,7 +216,7 @@ class ScriptClient:
     """
 
     def __init__(self, train_script: str | Path, script_args: str | list[str] = "", stop_timeout: float = 30.0):
-        self.train_script = str(train_script)
+        self.train_script = job_script(train_script)  # built from a deployed job: its code folder only
         self.script_args = script_args
         self.stop_timeout = stop_timeout
         self._bridge: _InProcessBridge | None = None

@@ -19,6 +19,8 @@ import importlib
 import importlib.metadata
 import inspect
 import json
+import mmap
+import os
 import shutil
 import sys
 import sysconfig
@@ -27,13 +29,24 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ExportError, RecipeError
+from .loading import (
+    CODE_DIR,
+    DEFAULT_ALLOWED_MODULES,
+    JOB_FILE,
+    SCHEMA,
+    VERSION,
+    JobPolicy,
+    build_object,
+    check_job_path,
+    set_build_policy,
+    validate_job_config,
+)
 from .recipe import CollabRecipe, RecipeBase
 from .run import Run
 
-SCHEMA = "collab.job"
-VERSION = 1
-JOB_FILE = "job.json"
-CODE_DIR = "code"
+#: files at least this big are read as memory maps when a job folder is packed (not copied)
+_MMAP_FILES = 64 << 10
+
 
 
 def _module_name(module: types.ModuleType) -> str:
@@ -213,35 +226,9 @@ def read_job_config(path: str | Path) -> dict[str, Any]:
         raise RecipeError(f"{path} is not a job folder: {JOB_FILE} is missing. Write one with recipe.export(path)")
     try:
         config = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RecipeError(f"{file} is not valid JSON: {exc}") from None
-    if config.get("schema") != SCHEMA:
-        raise RecipeError(f"{file} is not a collab job (schema {config.get('schema')!r}, expected {SCHEMA!r})")
-    if config.get("version") != VERSION:
-        raise RecipeError(
-            f"{file} has job format version {config.get('version')!r}; this collab reads version "
-            f"{VERSION}. Re-export the job with this collab version"
-        )
-    for key in ("job_name", "api", "min_clients", "server", "client"):
-        if key not in config:
-            raise RecipeError(f"{file} lacks the key {key!r}")
-    return config
-
-
-def build_object(desc: dict[str, Any], role: str) -> Any:
-    """Import and build the server or client described in a job config (``{module, class, args}``)."""
-    try:
-        module = importlib.import_module(desc["module"])
-    except ImportError as exc:
-        raise RecipeError(f"the job's {role} module {desc['module']!r} cannot be imported: {exc}") from exc
-    if "class" not in desc:
-        return module
-    obj: Any = module
-    for part in desc["class"].split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            raise RecipeError(f"the job's {role} class {desc['class']!r} is not in module {desc['module']!r}")
-    return obj(**desc.get("args", {}))
+    return validate_job_config(config, str(file))
 
 
 def load_job(path: str | Path) -> CollabRecipe:
@@ -267,11 +254,9 @@ def load_job(path: str | Path) -> CollabRecipe:
 def run_job_folder(path: str | Path, env: str = "sim", num_clients: int | None = None,
                    workspace: str | Path | None = None, **env_options: Any) -> Run:
     """``collab run``: rebuild the job's recipe and execute it in the named environment."""
-    from .registry import get_registry
+    from .registry import check_required_plugins, get_registry
 
     config = read_job_config(path)
-    from .registry import check_required_plugins
-
     check_required_plugins(config.get("required_plugins", ()))
     env_factory = get_registry().environment(env)
     if num_clients is None:
@@ -283,34 +268,81 @@ def run_job_folder(path: str | Path, env: str = "sim", num_clients: int | None =
     return recipe.execute(environment)
 
 
-def pack_job(path: str | Path) -> dict[str, bytes]:
-    """Every file of a job folder as {relative posix path: bytes} (to send it to another process)."""
+def _job_files(root: Path) -> list[tuple[str, Path]]:
+    """(relative posix path, file) of every file of a job folder. A symlink is followed only if it
+    stays inside the folder; one that leaves it is refused."""
+    found: list[tuple[str, Path]] = []
+    real_root = root.resolve()
+    seen: set[Path] = set()
+
+    def walk(folder: Path, rel: str) -> None:
+        real = folder.resolve()
+        if real in seen:
+            return
+        seen.add(real)
+        for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+            name = entry.name
+            if name == "__pycache__":
+                continue
+            sub = f"{rel}/{name}" if rel else name
+            if entry.is_symlink():
+                target = entry.resolve()
+                if not target.is_relative_to(real_root):
+                    raise RecipeError(
+                        f"refusing to pack {root}: {sub} is a symbolic link to {target}, outside the job "
+                        f"folder; copy the file into the job instead")
+            if entry.is_dir():
+                walk(entry, sub)
+            elif entry.is_file():
+                found.append((check_job_path(sub), entry))
+
+    walk(root, "")
+    return found
+
+
+def pack_job(path: str | Path) -> dict[str, Any]:
+    """Every file of a job folder as {relative posix path: wire.Blob} (to send it to another
+    process): big files are memory maps, so packing a job costs no copy of its bytes."""
+    from . import wire
+
     path = Path(path)
     read_job_config(path)
-    return {
-        p.relative_to(path).as_posix(): p.read_bytes()
-        for p in sorted(path.rglob("*"))
-        if p.is_file() and "__pycache__" not in p.parts
-    }
+    files: dict[str, Any] = {}
+    for rel, file in _job_files(path):
+        size = file.stat().st_size
+        if size >= _MMAP_FILES:
+            with open(file, "rb") as f:
+                files[rel] = wire.Blob(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        else:
+            files[rel] = wire.Blob(file.read_bytes())
+    return files
 
 
-def unpack_job(files: dict[str, bytes], dest: str | Path) -> Path:
-    """Write files from :func:`pack_job` under ``dest``, refusing any path that escapes it."""
+def unpack_job(files: dict[str, Any], dest: str | Path) -> Path:
+    """Write files from :func:`pack_job` under ``dest``, refusing any path that escapes it, then
+    check its job.json."""
     dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
     if not isinstance(files, dict):
         raise RecipeError("a job's files must be a {path: bytes} mapping")
+    if JOB_FILE not in files:
+        raise RecipeError(f"the job has no {JOB_FILE}")
     for rel, data in files.items():
-        if not isinstance(rel, str) or not isinstance(data, (bytes, bytearray)):
-            raise RecipeError(f"bad job file entry {rel!r}")
-        parts = Path(rel).parts
-        if not rel or Path(rel).is_absolute() or ".." in parts or "\\" in rel:
-            raise RecipeError(f"refusing job file path {rel!r}: paths must be relative, without '..'")
+        check_job_path(rel)
+        try:
+            view = memoryview(data)
+        except TypeError:
+            raise RecipeError(f"bad job file entry {rel!r}: its content is {type(data).__name__}, not bytes") from None
         target = (root / rel).resolve()
-        if not target.is_relative_to(root):
+        if not target.is_relative_to(root) or target == root:
             raise RecipeError(f"refusing job file path {rel!r}: it escapes the job folder")
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(bytes(data))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(target, flags, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(view)
+        del view
     read_job_config(dest)
     return dest
 
@@ -320,13 +352,19 @@ class JobCode:
 
     The job folder's ``code/`` goes first on ``sys.path``; :meth:`unload` takes it off and forgets
     every module imported from it, so the next job (perhaps with its own ``client.py``) starts clean.
+    ``allowed_modules`` (None: any) is what a site that does not run custom code may build.
     """
 
-    def __init__(self, path: str | Path, custom_code: bool = True):
+    def __init__(self, path: str | Path, custom_code: bool = True,
+                 allowed_modules: tuple[str, ...] | list[str] | None = None):
         self.path = Path(path).resolve()
         self.config = read_job_config(self.path)
         self.code = self.path / CODE_DIR
         self.custom_code = custom_code
+        if not custom_code and allowed_modules is None:
+            allowed_modules = DEFAULT_ALLOWED_MODULES
+        self.policy = JobPolicy(code_dir=self.code if custom_code else None, custom_code=custom_code,
+                                allowed_modules=None if custom_code else tuple(allowed_modules or ()))
         self._added = False
 
     def build(self, role: str) -> Any:
@@ -334,7 +372,8 @@ class JobCode:
             sys.path.insert(0, str(self.code))
             self._added = True
         importlib.invalidate_caches()
-        return build_object(self.config[role], role)
+        with set_build_policy(self.policy):
+            return build_object(self.config[role], role)
 
     def unload(self) -> None:
         if self._added and str(self.code) in sys.path:

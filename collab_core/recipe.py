@@ -3,7 +3,6 @@ environment can execute and that can be exported to a job folder."""
 
 from __future__ import annotations
 
-import re
 import sys
 import types
 from collections.abc import Iterable
@@ -14,10 +13,9 @@ import attrs
 
 from .app import App, describe
 from .errors import RecipeError
+from .loading import check_job_name, stop_if_loading_job
 from .registry import check_required_plugins
 from .run import Run
-
-_JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 @attrs.frozen
@@ -58,6 +56,12 @@ class RecipeBase:
     #: Plugins every instance needs, in addition to those passed to the constructor.
     required_plugins: tuple[str, ...] = ()
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> RecipeBase:
+        # before any subclass's __init__ runs (which may save model files): a deployed process
+        # importing the job's module stops at the line that builds the recipe
+        stop_if_loading_job("builds a recipe")
+        return super().__new__(cls)
+
     def __init__(
         self,
         job_name: str,
@@ -72,11 +76,7 @@ class RecipeBase:
         command: str | None = None,
         subprocess_timeout: float = 600.0,
     ):
-        if not isinstance(job_name, str) or not _JOB_NAME.match(job_name):
-            raise RecipeError(
-                f"job_name {job_name!r} is not valid: use 1-128 letters, digits, '_', '.' or '-', "
-                f"starting with a letter or digit (it names folders)"
-            )
+        check_job_name(job_name)
         if not isinstance(min_clients, int) or isinstance(min_clients, bool) or min_clients < 1:
             raise RecipeError(f"min_clients must be an integer >= 1, got {min_clients!r}")
         if isinstance(required_plugins, str):
@@ -196,7 +196,11 @@ class RecipeBase:
         check_required_plugins(self.required_plugins)
 
     def execute(self, env: Environment) -> Run:
-        """Run this recipe in ``env`` (e.g. ``SimEnv(num_clients=5)``) and return the :class:`Run`."""
+        """Run this recipe in ``env`` (e.g. ``SimEnv(num_clients=5)``) and return the :class:`Run`.
+
+        In a process that a job was deployed to (a PocEnv/ProdEnv server or site importing the job's
+        module) this never starts another environment: see :func:`collab_core.loading.stop_if_loading_job`."""
+        stop_if_loading_job("runs recipe.execute()")
         deploy = getattr(env, "deploy", None)
         if not callable(deploy):
             raise RecipeError(

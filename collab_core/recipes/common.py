@@ -77,7 +77,7 @@ def model_file(model: Any, name: str = "initial_model.collab") -> str:
 def build_model(desc: dict[str, Any] | None) -> Any:
     if desc is None:
         return None
-    from ..job import build_object
+    from ..loading import build_object
 
     return build_object(desc, "model")
 

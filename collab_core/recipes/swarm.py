@@ -9,6 +9,7 @@ from typing import Any
 from ..api import collab
 from ..errors import RecipeError
 from ..fl_model import FLModel
+from ..loading import job_script
 from ..recipe import RecipeBase
 from .common import check_rounds, weighted_average
 
@@ -20,7 +21,7 @@ class SwarmClient:
 
     def __init__(self, train_script: str, script_args: str | list[str] = "", command: str | None = None,
                  subprocess_timeout: float = 600.0):
-        self.train_script = train_script
+        self.train_script = job_script(train_script)  # built from a deployed job: its code folder only
         self.script_args = script_args
         self.command = command
         self.subprocess_timeout = subprocess_timeout

@@ -195,7 +195,9 @@ DEFAULT_LIMITS = Limits()
 _R16 = 15
 _C_LIST = 64  # the list object (56, rounded); + 9 a slot (msgpack appends: 1/8 over-allocation)
 _C_DICT = 96  # an empty dict (64) and what msgpack's unpacking leaves around it
-_C_DICT1 = 224  # a dict with its first keys table (up to 5 pairs); + _C_PAIR a pair
+_C_DICT1 = 192  # a dict with its first keys table (up to 5 pairs: 184 bytes, rounded); + _C_PAIR a pair past 5
+_C_GENERAL = 32  # a dict whose keys are not all str has bigger entries: 224 bytes up to 5 pairs
+_C_UNSHARE = 160  # ... and one that started with str keys is rebuilt as a general one: 352
 _C_PAIR = 64  # a dict right after it grows: ~60 bytes a pair
 _C_NUM = 32  # float, or an int outside CPython's small-int cache
 _C_BIGNUM = 48  # an int of 63-64 bits
@@ -262,6 +264,24 @@ def _str_cost(data: bytes, p: int, n: int) -> int:
     return (80 + 4 * n + _R16) & ~_R16
 
 
+#: distinct map keys remembered by the scan (each costs the scan ~100 bytes); past this every key
+#: counts as new, which only overestimates
+_MAX_KEYS = 1 << 14
+_MAX_KEY_LEN = 64
+_C_INTERN = 64  # a new interned string's slot in the interpreter's table of interned strings (as it grows)
+
+
+def _key_cost(keys: set, data: bytes, p: int, n: int) -> int:
+    """Cost of a str map key: msgpack interns them, so only the first of equal keys costs."""
+    if n <= _MAX_KEY_LEN:
+        key = data[p : p + n]
+        if key in keys:
+            return 0
+        if len(keys) < _MAX_KEYS:
+            keys.add(key)
+    return _str_cost(data, p, n) + _C_INTERN
+
+
 def _ext_cost(code: int, n: int, array_n: int) -> int:
     """Cost of an ext value; ``array_n`` is the length of the list it starts (-1: not first)."""
     if code == EXT_TAGGED or code == EXT_TAG:
@@ -291,21 +311,28 @@ def _header_cost(header: Any, budget: int, max_depth: int) -> int:
     pos = 0
     cost = 0
     rem = 1  # values still to come in the innermost open container (the document itself: 1)
-    stack: list[int] = []
+    stack: list[tuple[int, int, int]] = []
     array_end = -1  # where the last non-empty array header ended
     array_n = 0
+    in_map = 0  # the innermost open container is a map: its values alternate key, value
+    kstate = 0  # its keys so far: 0 none, 1 all str (a compact dict), 2 some other (a general one)
+    keys: set[bytes] = set()  # map keys seen (msgpack interns str keys: a repeated one is free)
     while cost <= budget:
         if not rem:
             if not stack:
                 break
-            rem = stack.pop()
+            rem, in_map, kstate = stack.pop()
             continue
         if pos >= end:
             break
         b = data[pos]
         size = size_of[b]
         if size:
-            if rem > 1:
+            if in_map:  # one value at a time: a key that is not a str makes the dict a general one
+                if not rem & 1 and kstate != 2:
+                    cost += _C_GENERAL if not kstate else _C_UNSHARE
+                    kstate = 2
+            elif rem > 1:
                 if b == 0xCB:  # a run of float64: their type bytes, 9 apart
                     types = data[pos : pos + 9 * min(rem, _RUN) : 9]
                     k = len(types) - len(types.lstrip(b"\xcb"))
@@ -327,11 +354,20 @@ def _header_cost(header: Any, budget: int, max_depth: int) -> int:
             rem -= 1
             continue
         rem -= 1
+        if in_map and rem & 1 and kstate != 2:  # a key
+            if 0xA0 <= b <= 0xBF or 0xD9 <= b <= 0xDB:
+                kstate = 1
+            else:
+                cost += _C_GENERAL if not kstate else _C_UNSHARE
+                kstate = 2
         if 0xA0 <= b <= 0xBF:  # fixstr
             n = b & 0x1F
             if pos + 1 + n > end:
                 break
-            cost += _str_cost(data, pos + 1, n)
+            if in_map and rem & 1:  # a key (rem was just counted down)
+                cost += _key_cost(keys, data, pos + 1, n)
+            else:
+                cost += _str_cost(data, pos + 1, n)
             pos += 1 + n
             continue
         if 0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF:  # containers
@@ -348,15 +384,17 @@ def _header_cost(header: Any, budget: int, max_depth: int) -> int:
             if len(stack) >= max_depth:
                 raise WireError(f"message nests deeper than Limits.max_depth={max_depth}")
             if is_map:
-                cost += (_C_DICT1 + _C_PAIR * n) if n else _C_DICT
+                cost += (_C_DICT1 + _C_PAIR * max(0, n - 5)) if n else _C_DICT
                 n *= 2
             else:
                 cost += _C_LIST + 9 * n
                 if n:
                     array_end, array_n = pos, n
             if n:
-                stack.append(rem)
+                stack.append((rem, in_map, kstate))
                 rem = n
+                in_map = is_map
+                kstate = 0
             continue
         if 0xD9 <= b <= 0xDB or 0xC4 <= b <= 0xC6:  # str8/16/32, bin8/16/32
             w = 1 << ((b - 0xD9) if b >= 0xD9 else (b - 0xC4))
@@ -368,6 +406,8 @@ def _header_cost(header: Any, budget: int, max_depth: int) -> int:
                 break
             if b <= 0xC6:
                 cost += 0 if n < 2 else (33 + n + _R16) & ~_R16
+            elif in_map and rem & 1:
+                cost += _key_cost(keys, data, p, n)
             else:
                 cost += _str_cost(data, p, n)
             pos = p + n

@@ -29,7 +29,7 @@ class FedAvg:
             results = collab.clients.train(weights)
             total = sum(n for _, (_, n, _) in results)
             weights = {k: sum(w[k] * (n / total) for _, (w, n, _) in results) for k in weights}
-            loss = sum(l for _, (_, _, l) in results) / len(results)
+            loss = sum(loss_ for _, (_, _, loss_) in results) / len(results)
         return loss
 
 

@@ -293,7 +293,12 @@ def test_recipe_needs_command_and_one_client_kind(tmp_path):
 
 def test_launchers_are_plugins_and_unknown_commands_are_prefixes():
     from collab_core import get_registry
-    from collab_torchrun.launchers import PrefixLauncher, PythonLauncher, TorchrunLauncher, make_launcher
+    from collab_torchrun.launchers import (
+        PrefixLauncher,
+        PythonLauncher,
+        TorchrunLauncher,
+        make_launcher,
+    )
 
     reg = get_registry()
     assert reg.component("launcher", "torchrun").distribution == "collab-torchrun"

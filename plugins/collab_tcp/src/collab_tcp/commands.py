@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from collab_core.lifeline import watch_lifeline
 from collab_core.logs import SiteFilter
 from collab_core.registry import Command
 
@@ -38,9 +39,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kit", required=True, help="this participant's startup kit (from `collab provision`)")
     parser.add_argument("--workspace", default=None, help="where jobs and logs go (default: KIT/workspace)")
     parser.add_argument("--heartbeat", type=float, default=2.0, help="seconds between heartbeats (default 2)")
-    parser.add_argument("--dead-after", type=float, default=10.0,
-                        help="seconds of silence after which a peer counts as dead (default 10)")
+    parser.add_argument("--dead-after", type=float, default=30.0,
+                        help="seconds of silence after which a peer counts as dead (default 30; a peer "
+                             "whose process dies is noticed at once, this bounds hangs and lost networks)")
     parser.add_argument("--port-file", default=None, help=argparse.SUPPRESS)
+    # the read end of a pipe whose other end the starting process (PocEnv) holds: stop when it closes
+    parser.add_argument("--lifeline", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def _server_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +70,8 @@ def _server_run(args: argparse.Namespace) -> int:
         os.replace(tmp, args.port_file)
     print(f"collab server for project {kit.project} listening on {host}:{port}", file=sys.stderr, flush=True)
     _stop_on_signals(server.stop)
+    if args.lifeline is not None:
+        watch_lifeline(args.lifeline, server.stop, what="the server")
     server.serve_forever()
     return 0
 
@@ -85,6 +91,8 @@ def _site_run(args: argparse.Namespace) -> int:
     agent = SiteAgent(kit, args.workspace or Path(args.kit) / "workspace", heartbeat=args.heartbeat,
                       dead_after=args.dead_after, port_file=args.port_file)
     _stop_on_signals(agent.stop)
+    if args.lifeline is not None:
+        watch_lifeline(args.lifeline, agent.stop, what=f"site {kit.name}")
     agent.run()
     return 0
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from collab_core.errors import RecipeError
+from collab_core.lifeline import new_lifeline
 from collab_core.run import Run
 from collab_core.runtime import SERVER
 
@@ -60,7 +61,7 @@ class PocEnv:
 
     def __init__(self, num_clients: int | None = None, *, clients: list[str] | None = None,
                  workspace: str | Path | None = None, start_timeout: float = 60.0,
-                 job_timeout: float | None = None, heartbeat: float = 1.0, dead_after: float = 5.0):
+                 job_timeout: float | None = None, heartbeat: float = 1.0, dead_after: float = 30.0):
         if clients is None:
             if not isinstance(num_clients, int) or isinstance(num_clients, bool) or num_clients < 1:
                 raise RecipeError(f"PocEnv needs num_clients >= 1 (or clients=[names]), got {num_clients!r}")
@@ -77,6 +78,7 @@ class PocEnv:
         self.processes: dict[str, subprocess.Popen] = {}
         self.address: tuple[str, int] | None = None
         self._used: list[Path] = []
+        self._lifeline: tuple[int, int] | None = None
 
     def __repr__(self) -> str:
         return f"PocEnv(num_clients={self.num_clients})"
@@ -84,13 +86,18 @@ class PocEnv:
     # -- processes --------------------------------------------------------------------------------
 
     def _spawn(self, name: str, args: list[str], ws: Path) -> None:
+        """Start a collab process that stops by itself when this process dies (lifeline pipe)."""
         out = ws / "processes" / f"{name}.log"
         out.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self._lifeline is None:
+            self._lifeline = new_lifeline()
+        read_end = self._lifeline[0]
         with open(out, "ab") as f:
             self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "collab_core.cli", *args], stdout=f, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                [sys.executable, "-m", "collab_core.cli", *args, "--lifeline", str(read_end)], stdout=f,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                pass_fds=(read_end,),
             )
 
     def start(self, ws: Path) -> tuple[AdminClient, dict[str, Kit]]:
@@ -157,6 +164,13 @@ class PocEnv:
                 _signal_group(p, signal.SIGKILL)
                 p.wait(5)
         self.processes.clear()
+        if self._lifeline is not None:
+            for fd in self._lifeline:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._lifeline = None
         if clean_poc:
             for ws in self._used:
                 shutil.rmtree(ws, ignore_errors=True)

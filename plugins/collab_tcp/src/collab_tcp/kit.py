@@ -144,6 +144,18 @@ def format_server(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+_MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _check_modules(modules: object) -> tuple[str, ...] | None:
+    """``allowed_modules`` of a kit: None, or dotted module names."""
+    if modules is None:
+        return None
+    if isinstance(modules, str) or not all(isinstance(m, str) and _MODULE_RE.fullmatch(m) for m in modules):  # type: ignore[union-attr]
+        raise KitError(f"allowed_modules must be a list of dotted module names, got {modules!r}")
+    return tuple(modules)  # type: ignore[arg-type]
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -336,10 +348,15 @@ def provision(
     out: str | Path,
     *,
     allow_custom_code: bool = True,
+    allowed_modules: Iterable[str] | None = None,
     valid_days: int = 825,
     overwrite: bool = False,
 ) -> dict[str, Path]:
     """Write the project CA and one startup kit per participant; return {participant name: kit dir}.
+
+    ``allow_custom_code=False`` makes sites refuse a job's own code: they build only objects from
+    ``allowed_modules`` (modules and their submodules; default: collab's standard recipes,
+    ``collab_core.recipes``), checked before anything is imported.
 
     ``server`` is ``"HOST:PORT"`` as sites will dial it. The server's kit is named ``"server"``.
     An existing, non-empty ``out`` is refused unless ``overwrite=True``, which replaces the CA
@@ -348,6 +365,7 @@ def provision(
     """
     host, port = parse_server(server)
     sites, admins = _check_participants(project, sites, admins)
+    modules = _check_modules(allowed_modules)
     if isinstance(valid_days, bool) or not isinstance(valid_days, int) or valid_days < 1:
         raise KitError(f"invalid valid_days {valid_days!r}: use a whole number of days, at least 1")
     out = Path(out)
@@ -395,6 +413,8 @@ def provision(
             "server": server_text,
             "allow_custom_code": bool(allow_custom_code),
         }
+        if modules is not None:
+            doc["allowed_modules"] = list(modules)
         (kit_dir / KIT_FILE).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
         written[name] = kit_dir
     log.info("provisioned project %r: %d kits in %s", project, len(written), out)
@@ -437,6 +457,8 @@ class Kit:
     ca_cert: Path
     cert: Path
     key: Path
+    #: what a kit that forbids custom code lets jobs build (None: collab's standard recipes)
+    allowed_modules: tuple[str, ...] | None = None
 
     @property
     def server_address(self) -> str:
@@ -503,6 +525,10 @@ class Kit:
             raise KitError(
                 f"{kit_file}: unknown role {doc['role']!r}; roles are {', '.join(ROLES)}"
             )
+        try:
+            allowed = _check_modules(doc.get("allowed_modules"))
+        except KitError as exc:
+            raise KitError(f"{kit_file}: {exc}") from None
         missing = [f for f in (CA_CERT_FILE, CERT_FILE, KEY_FILE) if not (path / f).is_file()]
         if missing:
             raise KitError(
@@ -520,6 +546,7 @@ class Kit:
             ca_cert=path / CA_CERT_FILE,
             cert=path / CERT_FILE,
             key=path / KEY_FILE,
+            allowed_modules=allowed,
         )
         if check:
             kit._check_files()
@@ -694,7 +721,15 @@ def _provision_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-custom-code",
         action="store_true",
-        help="kits say sites must refuse jobs that bring their own code",
+        help="kits say sites must refuse jobs that bring their own code: they build only objects "
+        "from --allowed-modules (default: collab's standard recipes)",
+    )
+    parser.add_argument(
+        "--allowed-modules",
+        action="append",
+        default=None,
+        metavar="MODULE[,MODULE...]",
+        help="with --no-custom-code: installed modules (and their submodules) that jobs may use",
     )
     parser.add_argument(
         "--valid-days",
@@ -717,6 +752,7 @@ def _provision_run(args: argparse.Namespace) -> int:
         _split_names(args.admin),
         out,
         allow_custom_code=not args.no_custom_code,
+        allowed_modules=_split_names(args.allowed_modules) if args.allowed_modules else None,
         valid_days=args.valid_days,
         overwrite=args.force,
     )

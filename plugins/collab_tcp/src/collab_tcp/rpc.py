@@ -4,7 +4,9 @@ the server-of-calls that runs incoming ones on worker threads (never on the I/O 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -19,11 +21,55 @@ from .connection import Connection, ConnectionClosed
 log = logging.getLogger("collab.tcp")
 
 
-def call_message(job: str, call: Call) -> dict:
+def new_wire_id() -> int:
+    """A message id for a call or a relay: random, 63 bits, so a participant cannot guess the id
+    of a call it was never sent (defence in depth; the real rule is that a result is accepted only
+    from the connection its call went to)."""
+    return secrets.randbits(63) | 1
+
+
+def call_message(job: str, call: Call, wire_id: int) -> dict:
     return {
-        "t": "call", "job": job, "id": call.id, "caller": call.caller, "target": call.target,
+        "t": "call", "job": job, "id": wire_id, "caller": call.caller, "target": call.target,
         "method": call.method, "args": list(call.args), "kwargs": call.kwargs, "expect": call.expect_result,
     }
+
+
+class RecentIds:
+    """Ids of calls that ended on our side (cancelled, timed out) whose result may still arrive
+    legitimately from the connection they went to; bounded, oldest forgotten first."""
+
+    def __init__(self, limit: int = 4096):
+        self.limit = limit
+        self._ids: dict[Connection, OrderedDict[int, None]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, conn: Connection, wire_id: int) -> None:
+        with self._lock:
+            ids = self._ids.setdefault(conn, OrderedDict())
+            ids[wire_id] = None
+            if len(ids) > self.limit:
+                ids.popitem(last=False)
+
+    def take(self, conn: Connection, wire_id: object) -> bool:
+        """True (and forget it) if ``wire_id`` is a call of ours that ended early on ``conn``."""
+        with self._lock:
+            ids = self._ids.get(conn)
+            return ids is not None and ids.pop(wire_id, 0) is None  # type: ignore[call-overload]
+
+    def forget(self, conn: Connection) -> None:
+        with self._lock:
+            self._ids.pop(conn, None)
+
+
+class ForgedResult(Exception):
+    """A ``result`` arrived on a connection that its call was never sent on."""
+
+
+def reject_forged(conn: Connection, what: str) -> None:
+    """Drop a forged result: log it under the sender's certificate name and close its connection."""
+    log.warning("closing %s %s: %s", conn.role, conn.peer, what)
+    conn.close(f"protocol violation: {what}")
 
 
 def error_from_result(target: str, method: str, msg: dict) -> CollabCallError:
@@ -36,34 +82,43 @@ def error_from_result(target: str, method: str, msg: dict) -> CollabCallError:
 
 class TcpBackend:
     """The core Backend over connections. ``route(target)`` gives the connection that reaches a
-    site (a site sends everything to the server, which runs or relays it)."""
+    site (a site sends everything to the server, which runs or relays it), or a sentence saying
+    why there is none ("site-3 is not connected")."""
 
-    def __init__(self, job: str, route: Callable[[str], Connection | None]):
+    def __init__(self, job: str, route: Callable[[str], Connection | str | None]):
         self.job = job
         self.route = route
         self._lock = threading.Lock()
+        #: wire id -> (call, future, the connection the call was sent on)
         self._pending: dict[int, tuple[Call, Future, Connection]] = {}
+        self._wire_ids: dict[int, int] = {}  # call.id -> wire id, for cancel
+        self._ended = RecentIds()
         self.closed = False
 
     def submit(self, call: Call) -> Future:
         fut: Future = Future()
         conn = self.route(call.target)
-        if conn is None or conn.closed.is_set():
-            why = conn.close_reason if conn is not None else "it is not connected"
-            fut.set_exception(CollabCallError(call.target, call.method, ConnectionError(f"{call.target} is unreachable: {why}")))
+        if isinstance(conn, str) or conn is None or conn.closed.is_set():
+            if isinstance(conn, str):
+                why = conn
+            else:
+                why = f"{call.target} is not connected" + (f" ({conn.close_reason})" if conn is not None else "")
+            fut.set_exception(CollabCallError(call.target, call.method, ConnectionError(why)))
             return fut
-        msg = call_message(self.job, call)
+        wire_id = new_wire_id()
+        msg = call_message(self.job, call, wire_id)
         if call.expect_result:
             with self._lock:
-                self._pending[call.id] = (call, fut, conn)
+                self._pending[wire_id] = (call, fut, conn)
+                self._wire_ids[call.id] = wire_id
         try:
             conn.send(msg)
         except wire.WireError as exc:
-            self._pop(call.id)
+            self._pop(wire_id)
             raise CollabCallError(call.target, call.method, exc,
                                   message=f"cannot send the arguments of {call.method}() to {call.target}: {exc}") from None
         except ConnectionClosed as exc:
-            self._pop(call.id)
+            self._pop(wire_id)
             fut = Future()
             fut.set_exception(CollabCallError(call.target, call.method, exc))
             return fut
@@ -71,15 +126,34 @@ class TcpBackend:
             fut.set_result(None)
         return fut
 
-    def _pop(self, call_id: int) -> tuple[Call, Future, Connection] | None:
+    def _pop(self, wire_id: int) -> tuple[Call, Future, Connection] | None:
         with self._lock:
-            return self._pending.pop(call_id, None)
+            entry = self._pending.pop(wire_id, None)
+            if entry is not None:
+                self._wire_ids.pop(entry[0].id, None)
+            return entry
 
-    def on_result(self, msg: dict) -> bool:
-        """Resolve the call a ``result`` message answers; False if no call of ours waits for it."""
-        entry = self._pop(msg.get("id", -1))
+    def owns(self, wire_id: object) -> bool:
+        """True if a call of ours waits for a result with this id (on whichever connection)."""
+        with self._lock:
+            return wire_id in self._pending
+
+    def on_result(self, msg: dict, conn: Connection) -> bool:
+        """Resolve the call a ``result`` message answers, if it arrived on the connection that call
+        was sent on. Returns False for the late result of a call we cancelled (dropped quietly);
+        raises :class:`ForgedResult` for anything else (a result of a call never sent there)."""
+        wire_id = msg.get("id")
+        with self._lock:
+            entry = self._pending.get(wire_id)  # type: ignore[arg-type]
+            if entry is not None and entry[2] is conn:
+                del self._pending[wire_id]  # type: ignore[arg-type]
+                self._wire_ids.pop(entry[0].id, None)
+            else:
+                entry = None
         if entry is None:
-            return False
+            if self._ended.take(conn, wire_id):
+                return False
+            raise ForgedResult(f"a result for call id {wire_id!r}, which was never sent to {conn.peer}")
         call, fut, _ = entry
         if msg.get("ok"):
             fut.set_result(msg.get("value"))
@@ -91,19 +165,24 @@ class TcpBackend:
         """Fail at once every call that was waiting on ``conn``."""
         with self._lock:
             lost = [(cid, e) for cid, e in self._pending.items() if e[2] is conn]
-            for cid, _ in lost:
+            for cid, e in lost:
                 del self._pending[cid]
+                self._wire_ids.pop(e[0].id, None)
+        self._ended.forget(conn)
         for _, (call, fut, _) in lost:
             fut.set_exception(CollabCallError(
                 call.target, call.method, ConnectionError(f"lost the connection to {conn.peer}: {reason}")))
 
     def cancel(self, call: Call) -> None:
-        entry = self._pop(call.id)
+        with self._lock:
+            wire_id = self._wire_ids.pop(call.id, None)
+            entry = self._pending.pop(wire_id, None) if wire_id is not None else None
         if entry is None:
             return
         _, fut, conn = entry
+        self._ended.add(conn, wire_id)  # its result may still be on the way: not a forgery
         try:
-            conn.send({"t": "cancel", "job": self.job, "id": call.id})
+            conn.send({"t": "cancel", "job": self.job, "id": wire_id})
         except (ConnectionClosed, wire.WireError):
             pass
 

@@ -8,9 +8,11 @@ job's workspace, and reports the result to whoever follows the job.
 
 from __future__ import annotations
 
-import itertools
+import errno
+import json
 import logging
 import queue
+import shutil
 import socket
 import ssl
 import threading
@@ -20,62 +22,33 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from collab_core import tracking, wire
 from collab_core.app import App, Interface
+from collab_core.errors import RecipeError
 from collab_core.executor import ElasticExecutor
-from collab_core.job import JobCode, unpack_job
+from collab_core.job import JobCode, pack_job, unpack_job, validate_job_config
+from collab_core.loading import JOB_FILE, check_job_name
 from collab_core.logs import capture_site_logs
 from collab_core.runtime import SERVER, JobRuntime, SiteRuntime
 
 from .connection import Connection, ConnectionClosed, Heartbeats, handshake
+from .jobs import JobRecord, JobStore, Relay
 from .kit import AuthError, Kit, peer_identity
-from .rpc import CallServer, TcpBackend
+from .rpc import CallServer, ForgedResult, RecentIds, TcpBackend, new_wire_id, reject_forged
 
 log = logging.getLogger("collab.tcp.server")
 PROTOCOL = 1
-_relay_ids = itertools.count(1 << 40)
-
-
-@attrs.define(eq=False)
-class JobRecord:
-    id: str
-    name: str
-    files: dict[str, bytes]
-    sites: list[str] | None
-    wait_timeout: float
-    deploy_timeout: float
-    submitted_by: str
-    status: str = "queued"
-    error: str | None = None
-    result: Any = None
-    participants: list[str] = attrs.field(factory=list)
-    joined: set[str] = attrs.field(factory=set)
-    workspace: Path | None = None
-    followers: set[Connection] = attrs.field(factory=set)
-    ready: dict[str, Any] = attrs.field(factory=dict)
-    ended: set[str] = attrs.field(factory=set)
-    changed: threading.Condition = attrs.field(factory=threading.Condition)
-    backend: TcpBackend | None = None
-    call_server: CallServer | None = None
-    relays: dict[int, tuple[Connection, int, str]] = attrs.field(factory=dict)
-    log_files: dict[str, Any] = attrs.field(factory=dict)
-    started: float = 0.0
-    finished: float = 0.0
-    tracking_report: dict[str, Any] = attrs.field(factory=dict)
-
-    def summary(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "status": self.status, "participants": self.participants,
-                "error": self.error, "submitted_by": self.submitted_by,
-                "duration_s": round((self.finished or time.time()) - self.started, 3) if self.started else None}
+#: accept() errors that mean "out of a resource for now": back off and keep accepting
+_TRANSIENT_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED,
+                            errno.EPROTO, errno.EPERM, errno.EAGAIN}
 
 
 class Server:
     """A collab server. ``start()`` listens and returns; ``serve_forever()`` blocks."""
 
     def __init__(self, kit: Kit, workspace: str | Path, *, host: str | None = None, port: int | None = None,
-                 heartbeat: float = 2.0, dead_after: float = 10.0, max_workers: int = 16):
+                 heartbeat: float = 2.0, dead_after: float = 30.0, max_workers: int = 16,
+                 max_handshakes: int = 128, handshake_timeout: float = 5.0):
         if kit.role != "server":
             raise AuthError(f"{kit.path} is a {kit.role} kit; start the server with the server's kit")
         self.kit = kit
@@ -85,11 +58,21 @@ class Server:
         self.port = port if port is not None else kit.server_port
         self.heartbeat = heartbeat
         self.dead_after = dead_after
+        #: connections still in their TLS handshake at most; more are closed at once
+        self.max_handshakes = max_handshakes
+        self.handshake_timeout = handshake_timeout
+        self._handshakes = 0
+        self.rejected: dict[str, int] = {}  # reason -> count of refused connections
+        self._rejected_details: dict[str, int] = {}  # for rate-limiting the log
         self.ctx = kit.server_context()
         self.sites: dict[str, Connection] = {}
         self.admins: set[Connection] = set()
         self._greeting: set[Connection] = set()  # site connections before their hello
-        self.jobs: dict[str, JobRecord] = {}
+        self.store = JobStore(self.workspace / "jobs")
+        #: every job this server knows, also those of its earlier runs (from the store)
+        self.jobs: dict[str, JobRecord] = {j.id: j for j in self.store.load_all()}
+        #: relayed calls that ended early on our side, whose results may still arrive
+        self._relays_ended = RecentIds()
         self.current: JobRecord | None = None
         self._queue: queue.Queue[JobRecord | None] = queue.Queue()
         self._lock = threading.RLock()
@@ -138,6 +121,10 @@ class Server:
     # -- connections ------------------------------------------------------------------------------
 
     def _accept_loop(self) -> None:
+        """Accept until stopped. Running out of descriptors (or buffers) is logged once per burst
+        and waited out with a short backoff: the server never stops accepting for good."""
+        backoff = 0.0
+        failing: str | None = None
         while not self._stop.is_set():
             listener = self._listener
             if listener is None:
@@ -146,24 +133,76 @@ class Server:
                 sock, addr = listener.accept()
             except TimeoutError:
                 continue
-            except OSError:
-                return
-            threading.Thread(target=self._admit, args=(sock, addr), name=f"server-admit-{addr[1]}", daemon=True).start()
+            except OSError as exc:
+                if self._stop.is_set() or self._listener is None:
+                    return
+                if exc.errno not in _TRANSIENT_ACCEPT_ERRORS:
+                    log.error("accept failed (%s); retrying", exc)
+                if failing is None and exc.errno != errno.ECONNABORTED:
+                    failing = str(exc)
+                    log.error("cannot accept connections: %s; backing off until resources are free "
+                              "(raise the open-file limit, ulimit -n, if this persists)", exc)
+                backoff = min(max(backoff * 2, 0.01), 0.25)
+                self._stop.wait(backoff)
+                continue
+            if failing is not None:
+                log.warning("accepting connections again (after: %s)", failing)
+                failing = None
+            backoff = 0.0
+            with self._lock:
+                full = self._handshakes >= self.max_handshakes
+                if not full:
+                    self._handshakes += 1
+            if full:
+                self._count_rejected("too many pending handshakes")
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+                continue
+            try:
+                threading.Thread(target=self._admit, args=(sock, addr), name=f"server-admit-{addr[1]}",
+                                 daemon=True).start()
+            except RuntimeError as exc:  # cannot start a thread now
+                with self._lock:
+                    self._handshakes -= 1
+                sock.close()
+                self._count_rejected(f"no thread: {exc}")
+
+    def _count_rejected(self, reason: str, message: str | None = None, detail: str | None = None) -> None:
+        """Count a refused connection under ``reason`` (a small fixed set: metrics' labels) and log
+        it: the first of each distinct ``detail``, then 2nd, 4th, 8th, ... so a flood does not
+        flood the log."""
+        key = f"{reason}: {detail}" if detail is not None else reason
+        with self._lock:
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+            if key not in self._rejected_details and len(self._rejected_details) >= 256:
+                key = reason  # many distinct details: fall back to counting by reason
+            n = self._rejected_details[key] = self._rejected_details.get(key, 0) + 1
+        if n & (n - 1) == 0:
+            suffix = "" if n == 1 else f" ({n} like it so far)"
+            log.warning("%s%s", message or f"refused a connection: {reason}", suffix)
 
     def _admit(self, sock: socket.socket, addr: tuple) -> None:
         tls = None
         try:
-            tls = handshake(sock, self.ctx, server_side=True, timeout=15.0)
-            name, role = peer_identity(tls, self.kit.project)
+            try:
+                tls = handshake(sock, self.ctx, server_side=True, timeout=self.handshake_timeout)
+                name, role = peer_identity(tls, self.kit.project)
+            finally:
+                with self._lock:
+                    self._handshakes -= 1
         except (ssl.SSLError, OSError, AuthError) as exc:
-            log.warning("rejected connection from %s:%s: %s", addr[0], addr[1], exc)
+            self._count_rejected("bad certificate" if isinstance(exc, (ssl.SSLError, AuthError)) else "handshake failed",
+                                 f"rejected connection from {addr[0]}:{addr[1]}: {exc}", str(exc))
             try:
                 (tls or sock).close()  # after wrap_socket, sock is detached: close the TLS socket
             except OSError:
                 pass
             return
         if role not in ("site", "admin"):
-            log.warning("rejected %s from %s: role %r may not connect to the server", name, addr[0], role)
+            self._count_rejected("role may not connect",
+                                 f"rejected {name} from {addr[0]}: role {role!r} may not connect to the server", role)
             tls.close()
             return
         conn = Connection(tls, name, role, self._on_message, self._on_close, self.heartbeat, self.dead_after,
@@ -181,12 +220,13 @@ class Server:
             self.admins.discard(conn)
             self._greeting.discard(conn)
             job = self.current
+        self._relays_ended.forget(conn)
         log.info("%s %s disconnected: %s", conn.role, conn.peer, reason)
         if job is None:
             return
         with job.changed:
             job.followers.discard(conn)
-            if conn.role == "site":
+            if conn.role == "site" and self.sites.get(conn.peer) is None:
                 job.joined.discard(conn.peer)
             job.changed.notify_all()
         if job.backend is not None:
@@ -223,7 +263,8 @@ class Server:
 
     def _site_hello(self, conn: Connection, msg: dict) -> None:
         job = self.current
-        has_job = job is not None and msg.get("job") == job.id and conn.peer in job.participants
+        member = job is not None and conn.peer in job.participants and job.status in ("deploying", "running")
+        has_job = member and msg.get("job") == job.id
         # the welcome goes out before the site is registered: nothing (a deploy) can overtake it
         self._send(conn, {"t": "welcome", "protocol": PROTOCOL, "job": job.id if has_job else None})
         with self._lock:
@@ -237,16 +278,27 @@ class Server:
                 job.joined.add(conn.peer)
                 job.changed.notify_all()
             log.info("site %s rejoined job %s", conn.peer, job.id)
+        elif member and job.deploy_info is not None:
+            # a participant came back without the job (its process restarted): give it the job again
+            log.info("site %s reconnected without job %s; deploying the job to it again", conn.peer, job.id)
+            self.executor.submit(self._deploy_to, job, [conn.peer])
 
     def _site_ready(self, conn: Connection, msg: dict) -> None:
         job = self._job_of(msg)
         if job is None:
             return
         with job.changed:
-            job.ready[conn.peer] = msg
-            if msg.get("ok"):
+            again = conn.peer in job.ready
+            job.ready[conn.peer] = {"ok": bool(msg.get("ok")), "error": msg.get("error"),
+                                    "interface": msg.get("interface")}
+            if msg.get("ok") and (job.status == "deploying" or conn.peer in job.participants):
                 job.joined.add(conn.peer)
             job.changed.notify_all()
+        if again:
+            if msg.get("ok"):
+                log.info("site %s rejoined job %s", conn.peer, job.id)
+            else:
+                log.error("site %s could not load job %s again: %s", conn.peer, job.id, msg.get("error"))
 
     def _site_ended(self, conn: Connection, msg: dict) -> None:
         job = self._job_of(msg)
@@ -267,7 +319,7 @@ class Server:
         with job.changed:
             f = job.log_files.get(site)
             if f is None and job.workspace is not None and job.status in ("deploying", "running"):
-                path = job.workspace / site / "log.txt"
+                path = job.workspace / site / "log.txt"  # site: a certificate name (NAME_RE), never a path
                 path.parent.mkdir(parents=True, exist_ok=True)
                 f = job.log_files[site] = open(path, "a", encoding="utf-8")  # noqa: SIM115
             if f is not None:
@@ -277,82 +329,109 @@ class Server:
         for c in followers:
             self._send(c, {"t": "log", "job": job.id, "site": site, "lines": lines})
 
+    def _route(self, job: JobRecord, target: str) -> Connection | str:
+        """The connection that reaches ``target`` in ``job``, or why there is none."""
+        if target not in job.participants:
+            return f"{target} is not a participant of job {job.id}"
+        conn = self.sites.get(target)
+        if conn is None or conn.closed.is_set():
+            return f"{target} is not connected"
+        if target not in job.joined:
+            return f"{target} is connected but has not (re)joined job {job.id} yet"
+        return conn
+
     def _site_call(self, conn: Connection, msg: dict) -> None:
         job = self._job_of(msg)
         caller = conn.peer  # from the certificate, never from the message
+        call_id = msg.get("id")
+        if not isinstance(call_id, int) or isinstance(call_id, bool):
+            reject_forged(conn, f"a call without an integer id ({call_id!r})")
+            return
         if job is None or caller not in job.participants:
-            self._send(conn, {"t": "result", "job": msg.get("job"), "id": msg.get("id"), "ok": False,
+            self._send(conn, {"t": "result", "job": msg.get("job"), "id": call_id, "ok": False,
                               "error": wire.RemoteError("PermissionError", f"{caller} is not in job {msg.get('job')!r}", "")})
             return
         target = msg.get("target")
         if target == SERVER:
             if job.call_server is None:
-                self._send(conn, {"t": "result", "job": job.id, "id": msg.get("id"), "ok": False,
+                self._send(conn, {"t": "result", "job": job.id, "id": call_id, "ok": False,
                                   "error": wire.RemoteError("RuntimeError", "the server app is not running yet", "")})
                 return
             job.call_server.handle(conn, msg, caller)
             return
         # a site-to-site call: relay it, if both are participants
-        dest = self.sites.get(target) if target in job.joined else None
-        if target not in job.participants or dest is None:
-            why = "is not a participant of this job" if target not in job.participants else "is not connected"
-            self._send(conn, {"t": "result", "job": job.id, "id": msg.get("id"), "ok": False,
-                              "error": wire.RemoteError("ConnectionError", f"{target} {why}", "")})
+        dest = self._route(job, str(target))
+        if isinstance(dest, str):
+            self._send(conn, {"t": "result", "job": job.id, "id": call_id, "ok": False,
+                              "error": wire.RemoteError("ConnectionError", dest, "")})
             return
-        relay_id = next(_relay_ids)
+        relay_id = new_wire_id()
         expect = bool(msg.get("expect", True))
         if expect:
             with job.changed:
-                job.relays[relay_id] = (conn, msg["id"], target)
+                job.relays[relay_id] = Relay(conn, call_id, str(target), dest)
         forwarded = dict(msg, id=relay_id, caller=caller)
         try:
             dest.send(forwarded)
         except ConnectionClosed as exc:
             with job.changed:
                 job.relays.pop(relay_id, None)
-            self._send(conn, {"t": "result", "job": job.id, "id": msg["id"], "ok": False,
+            self._send(conn, {"t": "result", "job": job.id, "id": call_id, "ok": False,
                               "error": wire.RemoteError("ConnectionError", f"{target} disconnected: {exc}", "")})
 
     def _site_result(self, conn: Connection, msg: dict) -> None:
+        """A result is accepted only from the connection its call (or relayed call) was sent on;
+        anything else is a forgery: dropped, logged with the sender's name, connection closed."""
         job = self._job_of(msg)
         if job is None:
-            return
+            return  # a late result of an earlier job
+        rid = msg.get("id")
         with job.changed:
-            relay = job.relays.pop(msg.get("id"), None)
+            relay = job.relays.get(rid)  # type: ignore[arg-type]
+            if relay is not None and relay.dest is conn:
+                del job.relays[rid]  # type: ignore[arg-type]
         if relay is not None:
-            origin, orig_id, _ = relay
-            self._send(origin, dict(msg, id=orig_id))
-        elif job.backend is not None:
-            job.backend.on_result(msg)
+            if relay.dest is not conn:
+                reject_forged(conn, f"a result for relayed call {rid}, which was sent to {relay.target}, not to {conn.peer}")
+                return
+            self._send(relay.origin, dict(msg, id=relay.origin_id))
+            return
+        if self._relays_ended.take(conn, rid):
+            return  # the result of a relayed call its caller cancelled: late, not forged
+        if job.backend is None:
+            reject_forged(conn, f"a result for call id {rid!r} while the server has no call in flight")
+            return
+        try:
+            job.backend.on_result(msg, conn)
+        except ForgedResult as exc:
+            reject_forged(conn, str(exc))
 
     def _site_cancel(self, conn: Connection, msg: dict) -> None:
         job = self._job_of(msg)
         if job is None:
             return
         with job.changed:
-            found = [(rid, r) for rid, r in job.relays.items() if r[0] is conn and r[1] == msg.get("id")]
+            found = [(rid, r) for rid, r in job.relays.items() if r.origin is conn and r.origin_id == msg.get("id")]
             for rid, _ in found:
                 del job.relays[rid]
-        for rid, (_, _, target) in found:
-            dest = self.sites.get(target)
-            if dest is not None:
-                self._send(dest, {"t": "cancel", "job": job.id, "id": rid})
+        for rid, relay in found:
+            self._relays_ended.add(relay.dest, rid)
+            self._send(relay.dest, {"t": "cancel", "job": job.id, "id": rid})
         if not found and job.call_server is not None:
             job.call_server.cancel(conn, msg.get("id"))
 
     def _fail_relays(self, job: JobRecord, conn: Connection, reason: str) -> None:
         with job.changed:
-            gone = {rid: r for rid, r in job.relays.items() if r[0] is conn or r[2] == conn.peer}
+            gone = {rid: r for rid, r in job.relays.items() if r.origin is conn or r.dest is conn}
             for rid in gone:
                 del job.relays[rid]
-        for rid, (origin, orig_id, target) in gone.items():
-            if origin is conn:  # the caller left: cancel at the callee
-                dest = self.sites.get(target)
-                if dest is not None:
-                    self._send(dest, {"t": "cancel", "job": job.id, "id": rid})
+        for rid, relay in gone.items():
+            if relay.origin is conn:  # the caller left: cancel at the callee
+                self._relays_ended.add(relay.dest, rid)
+                self._send(relay.dest, {"t": "cancel", "job": job.id, "id": rid})
             else:  # the callee left: fail the caller's call now
-                self._send(origin, {"t": "result", "job": job.id, "id": orig_id, "ok": False,
-                                    "error": wire.RemoteError("ConnectionError", f"lost the connection to {target}: {reason}", "")})
+                self._send(relay.origin, {"t": "result", "job": job.id, "id": relay.origin_id, "ok": False,
+                                          "error": wire.RemoteError("ConnectionError", f"lost the connection to {relay.target}: {reason}", "")})
 
     _site_handlers = {
         "hello": _site_hello,
@@ -367,44 +446,66 @@ class Server:
     # -- messages from admins ---------------------------------------------------------------------
 
     def _admin_submit(self, conn: Connection, msg: dict) -> None:
-        files = msg.get("files")
-        if not isinstance(files, dict) or "job.json" not in files:
-            self._send(conn, {"t": "error", "rid": msg.get("rid"), "error": "submit needs the job folder's files (job.json missing)"})
-            return
-        try:
-            import json
+        # writing the job to disk can take a while: not on this connection's reader thread
+        self.executor.submit(self._accept_job, conn, msg)
 
-            name = json.loads(files["job.json"]).get("job_name", "job")
-        except (ValueError, AttributeError):
-            self._send(conn, {"t": "error", "rid": msg.get("rid"), "error": "job.json is not valid JSON"})
+    def _accept_job(self, conn: Connection, msg: dict) -> None:
+        """Check a submitted job and write it to the server's workspace (the only copy the server
+        keeps: it is streamed to the sites from disk); refuse it with the reason otherwise."""
+        rid = msg.get("rid")
+        follow = bool(msg.get("follow"))
+        files = msg.pop("files", None)
+        folder: Path | None = None
+        try:
+            if not isinstance(files, dict) or JOB_FILE not in files:
+                raise RecipeError(f"submit needs the job folder's files ({JOB_FILE} missing)")
+            try:
+                config = json.loads(bytes(memoryview(files[JOB_FILE])).decode("utf-8"))
+            except (TypeError, ValueError) as exc:
+                raise RecipeError(f"{JOB_FILE} is not valid JSON: {exc}") from None
+            validate_job_config(config)
+            name = check_job_name(config["job_name"])
+            sites = msg.get("sites")
+            if sites is not None and (not isinstance(sites, list) or not all(isinstance(x, str) for x in sites)):
+                raise RecipeError("sites must be a list of site names")
+            wait_timeout = _positive_float(msg.get("wait_timeout", 60.0), "wait_timeout")
+            deploy_timeout = _positive_float(msg.get("deploy_timeout", 300.0), "deploy_timeout")
+            job_id = f"{name}-{uuid.uuid4().hex[:8]}"
+            folder = self.store.folder(job_id) / "job"
+            unpack_job(files, folder)
+        except (RecipeError, OSError) as exc:
+            if folder is not None:
+                shutil.rmtree(folder.parent, ignore_errors=True)
+            log.warning("refused a job from admin %s: %s", conn.peer, exc)
+            self._send(conn, {"t": "error", "rid": rid, "error": f"job refused: {exc}"})
             return
-        job = JobRecord(
-            id=f"{name}-{uuid.uuid4().hex[:8]}", name=str(name), files=files,
-            sites=list(msg["sites"]) if msg.get("sites") else None,
-            wait_timeout=float(msg.get("wait_timeout", 60.0)), deploy_timeout=float(msg.get("deploy_timeout", 300.0)),
-            submitted_by=conn.peer,
-        )
-        if msg.get("follow"):
+        finally:
+            files = msg = None  # type: ignore[assignment]  # keep no job bytes in memory
+        job = JobRecord(id=job_id, name=name, folder=folder, sites=list(sites) if sites else None,
+                        wait_timeout=wait_timeout, deploy_timeout=deploy_timeout, submitted_by=conn.peer,
+                        workspace=folder.parent / "workspace")
+        if follow:
             job.followers.add(conn)
         with self._lock:
             self.jobs[job.id] = job
+        self.store.save(job)
         self._queue.put(job)
         log.info("admin %s submitted job %s", conn.peer, job.id)
-        self._send(conn, {"t": "submitted", "rid": msg.get("rid"), "job": job.id})
+        self._send(conn, {"t": "submitted", "rid": rid, "job": job.id})
 
     def _admin_follow(self, conn: Connection, msg: dict) -> None:
-        job = self.jobs.get(msg.get("job"))
+        job = self.jobs.get(msg.get("job"))  # type: ignore[arg-type]
         if job is None:
             self._send(conn, {"t": "error", "rid": msg.get("rid"), "error": f"no job {msg.get('job')!r}"})
             return
         with job.changed:
-            if job.status in ("finished", "failed"):
+            if job.status in ("finished", "failed", "aborted"):
                 done = True
             else:
                 job.followers.add(conn)
                 done = False
         if done:
-            self._send(conn, self._done_message(job))
+            self.executor.submit(lambda: self._send(conn, self._done_message(job)))
 
     def _admin_status(self, conn: Connection, msg: dict) -> None:
         with self._lock:
@@ -451,21 +552,23 @@ class Server:
                         f.close()
                     job.log_files.clear()
                 self.current = None
+                self.store.save(job)
                 with job.changed:
                     followers = list(job.followers)
                     job.followers.clear()
                 done = self._done_message(job)
                 for c in followers:
                     self._send(c, done)
+                job.result = None if job.status == "finished" else job.result  # on disk now
                 log.info("job %s %s", job.id, job.status)
 
     def _done_message(self, job: JobRecord) -> dict:
         logs = {}
-        if job.workspace is not None:
+        if job.workspace is not None and job.workspace.is_dir():
             for path in sorted(job.workspace.glob("*/log.txt")):
                 logs[path.parent.name] = path.read_text(encoding="utf-8", errors="replace")
         return {"t": "job_done", "job": job.id, "status": job.status, "error": job.error,
-                "result": job.result, "participants": job.participants, "logs": logs,
+                "result": self.store.result(job), "participants": job.participants, "logs": logs,
                 "tracking": job.tracking_report,
                 "workspace": str(job.workspace) if job.workspace else None}
 
@@ -483,12 +586,15 @@ class Server:
         with self._lock:
             return sorted(n for n, c in self.sites.items() if not c.closed.is_set())
 
+    def _set_status(self, job: JobRecord, status: str) -> None:
+        job.status = status
+        self.store.save(job)
+
     def _run_job(self, job: JobRecord) -> None:
         job.started = time.time()
-        job.status = "deploying"
-        job.workspace = self.workspace / "jobs" / job.id
-        folder = unpack_job(job.files, job.workspace / "job")
-        code = JobCode(folder)
+        self._set_status(job, "deploying")
+        code = JobCode(job.folder, custom_code=self.kit.allow_custom_code,
+                       allowed_modules=self.kit.allowed_modules)
         config = code.config
         min_clients = int(config["min_clients"])
         # 1. the sites
@@ -513,6 +619,7 @@ class Server:
             want = self._connected()
         job.participants = sorted(want)
         # 2. the server app (its interface goes to the sites)
+        assert job.workspace is not None
         with capture_site_logs(job.workspace, SERVER) as handler:
             try:
                 server_app = App(code.build("server"), role="server")
@@ -526,19 +633,36 @@ class Server:
             finally:
                 code.unload()
 
-    def _deploy_and_run(self, job: JobRecord, code: JobCode, server_app: App, min_clients: int, handler) -> None:
-        deploy = {"t": "deploy", "job": job.id, "name": job.name, "files": job.files,
-                  "participants": job.participants, "server_interface": server_app.interface.to_wire(),
-                  "tracking": code.config.get("tracking") or []}
-        for site in job.participants:
+    def _deploy_to(self, job: JobRecord, sites: list[str]) -> None:
+        """Send ``job`` to ``sites``: its files stream from the server's disk (memory maps, so the
+        server holds no copy of them), and nothing of them is kept once sent."""
+        info = job.deploy_info
+        if info is None:
+            return
+        try:
+            files = pack_job(job.folder)
+        except (RecipeError, OSError) as exc:
+            log.error("job %s: cannot read the job folder to deploy it: %s", job.id, exc)
+            return
+        msg = dict(info, files=files)
+        for site in sites:
             conn = self.sites.get(site)
             if conn is not None:
-                self._send(conn, deploy)
+                self._send(conn, msg)
+        del msg, files
+
+    def _deploy_and_run(self, job: JobRecord, code: JobCode, server_app: App, min_clients: int, handler) -> None:
+        job.deploy_info = {"t": "deploy", "job": job.id, "name": job.name, "participants": job.participants,
+                           "server_interface": server_app.interface.to_wire(),
+                           "tracking": code.config.get("tracking") or []}
+        self._deploy_to(job, job.participants)
         self._wait(job, lambda: set(job.ready) >= set(job.participants)
                    or not set(job.participants) - set(job.ready) & set(self._connected()), job.deploy_timeout)
-        failed = {s: r.get("error") for s, r in job.ready.items() if not r.get("ok")}
-        ready = sorted(s for s, r in job.ready.items() if r.get("ok"))
-        silent = sorted(set(job.participants) - set(job.ready))
+        with job.changed:
+            ready_msgs = dict(job.ready)
+        failed = {s: r.get("error") for s, r in ready_msgs.items() if not r.get("ok")}
+        ready = sorted(s for s, r in ready_msgs.items() if r.get("ok") and s in job.participants)
+        silent = sorted(set(job.participants) - set(ready_msgs))
         for site, err in failed.items():
             log.error("job %s: site %s could not load the job: %s", job.id, site, err)
         if len(ready) < min_clients:
@@ -547,10 +671,17 @@ class Server:
             self._end_sites(job)
             return
         job.participants = ready
-        client_interface = Interface.from_wire(job.ready[ready[0]]["interface"])
-        backend = TcpBackend(job.id, lambda t: self.sites.get(t) if t in job.joined else None)
+        job.deploy_info["participants"] = ready
+        try:
+            client_interface = Interface.from_wire(ready_msgs[ready[0]]["interface"])
+        except RecipeError as exc:
+            raise_failed(job, f"site {ready[0]} described its client app badly: {exc}")
+            self._end_sites(job)
+            return
+        backend = TcpBackend(job.id, lambda t: self._route(job, t))
         runtime = JobRuntime(job.name, ready, backend, {"server": server_app.interface, "client": client_interface},
                              job.workspace)
+        runtime.extras["job_policy"] = code.policy
         runtime.tracking = list(code.config.get("tracking") or [])
         hub = tracking.build_hub(runtime.tracking, job.workspace / SERVER, job.name)
         if hub is not None:
@@ -558,7 +689,7 @@ class Server:
         server = SiteRuntime(runtime, SERVER, server_app)
         job.backend = backend
         job.call_server = CallServer(job.id, server, self.executor)
-        job.status = "running"
+        self._set_status(job, "running")
         log.info("job %s running with sites %s", job.id, ready)
         try:
             server.start()
@@ -584,6 +715,7 @@ class Server:
             backend.close()
             job.backend = None
             job.call_server = None
+            job.deploy_info = None
 
     def _end_sites(self, job: JobRecord) -> None:
         for site in job.participants:
@@ -599,6 +731,12 @@ class Server:
 def raise_failed(job: JobRecord, error: str) -> None:
     job.status = "failed"
     job.error = error
+
+
+def _positive_float(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
+        raise RecipeError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 __all__ = ["Server", "JobRecord"]

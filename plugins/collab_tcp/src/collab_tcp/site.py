@@ -13,12 +13,13 @@ from pathlib import Path
 from collab_core.app import App, Interface, make_client_object
 from collab_core.executor import ElasticExecutor
 from collab_core.job import JobCode, unpack_job
+from collab_core.loading import JOB_ID_RE, check_job_name
 from collab_core.logs import FORMAT, SiteFilter
 from collab_core.runtime import JobRuntime, SiteRuntime
 
 from .connection import Connection, ConnectionClosed, dial_server
 from .kit import AuthError, Kit
-from .rpc import CallServer, TcpBackend
+from .rpc import CallServer, ForgedResult, TcpBackend
 
 log = logging.getLogger("collab.tcp.site")
 
@@ -101,7 +102,7 @@ class _SiteJob:
 class SiteAgent:
     """One site process. ``run()`` blocks until ``stop()`` (or an ``exit`` from the server)."""
 
-    def __init__(self, kit: Kit, workspace: str | Path, *, heartbeat: float = 2.0, dead_after: float = 10.0,
+    def __init__(self, kit: Kit, workspace: str | Path, *, heartbeat: float = 2.0, dead_after: float = 30.0,
                  max_workers: int = 8, port_file: str | Path | None = None, max_backoff: float = 10.0):
         if kit.role != "site":
             raise AuthError(f"{kit.path} is a {kit.role} kit; start a site with that site's kit")
@@ -208,8 +209,11 @@ class SiteAgent:
             else:
                 job.calls.handle(conn, msg, str(msg.get("caller")))
         elif kind == "result":
-            if job is not None and job.backend is not None:
-                job.backend.on_result(msg)
+            if job is not None and job.backend is not None and msg.get("job") == job.id:
+                try:
+                    job.backend.on_result(msg, conn)
+                except ForgedResult as exc:  # from the server: a bug there, not an attack
+                    log.warning("site %s: dropped a result from the server: %s", self.name, exc)
         elif kind == "cancel":
             if job is not None and job.calls is not None:
                 job.calls.cancel(conn, msg.get("id"))
@@ -228,6 +232,17 @@ class SiteAgent:
             conn.close(f"protocol error: unknown message type {kind!r}")
 
     def _deploy(self, conn: Connection, msg: dict) -> None:
+        job_id, name = msg.get("job"), msg.get("name")
+        if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
+            log.error("site %s: refusing a deploy with the invalid job id %r", self.name, job_id)
+            conn.send({"t": "ready", "job": job_id if isinstance(job_id, str) else None, "ok": False,
+                       "error": f"invalid job id {job_id!r}"})
+            return
+        try:
+            check_job_name(name)
+        except Exception as exc:
+            conn.send({"t": "ready", "job": job_id, "ok": False, "error": str(exc)})
+            return
         if self.job is not None:
             self._unload(self.job)
         job = _SiteJob(self, msg)
@@ -242,13 +257,20 @@ class SiteAgent:
             if not self.kit.allow_custom_code:
                 files = {k: v for k, v in files.items() if not k.startswith("code/")}
             unpack_job(files, job.folder / "job")
-            job.code = JobCode(job.folder / "job", custom_code=self.kit.allow_custom_code)
+            del files
+            msg.pop("files", None)  # the job's bytes are on disk now: keep no copy in memory
+            job.code = JobCode(job.folder / "job", custom_code=self.kit.allow_custom_code,
+                               allowed_modules=self.kit.allowed_modules)
             client = make_client_object(job.code.build("client"), self.name)
             app = App(client, role="client")
-            job.backend = TcpBackend(job.id, lambda target: self.conn)
+            job.backend = TcpBackend(job.id, lambda target: self.conn or "the server is not connected")
             server_interface = Interface.from_wire(msg["server_interface"])
-            job.runtime = JobRuntime(job.name, list(msg["participants"]), job.backend,
+            participants = msg.get("participants")
+            if not isinstance(participants, list) or not all(isinstance(p, str) for p in participants):
+                raise ValueError("malformed deploy: participants must be a list of site names")
+            job.runtime = JobRuntime(job.name, participants, job.backend,
                                      {"server": server_interface, "client": app.interface}, job.folder / "workspace")
+            job.runtime.extras["job_policy"] = job.code.policy
             job.runtime.tracking = list(msg.get("tracking") or [])
             job.site = SiteRuntime(job.runtime, self.name, app)
             job.site.start()

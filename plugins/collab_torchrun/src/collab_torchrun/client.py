@@ -20,7 +20,9 @@ from typing import Any
 
 from collab_core.api import collab
 from collab_core.app import App
+from collab_core.errors import RecipeError
 from collab_core.fl_model import FLModel
+from collab_core.loading import import_job_module, job_policy, job_script
 
 from .group import WorkerError, WorkerGroup
 
@@ -30,9 +32,7 @@ log = logging.getLogger("collab.torchrun")
 def _client_interface(desc: dict[str, Any]) -> dict[str, inspect.Signature]:
     """Signatures of the published methods of the client described by ``desc``, without running
     its constructor (it runs in the workers)."""
-    import importlib
-
-    module = importlib.import_module(desc["module"])
+    module = import_job_module(desc["module"], "client")
     if "class" not in desc:
         return App(module, role="client").interface.methods
     cls: Any = module
@@ -49,6 +49,13 @@ class SubprocessClient:
                  script_args: str | list[str] = "", client: dict[str, Any] | None = None, stop_grace: float = 10.0):
         if (train_script is None) == (client is None):
             raise ValueError("SubprocessClient needs exactly one of train_script= and client=")
+        if train_script is not None:
+            train_script = job_script(train_script)  # built from a deployed job: its code folder only
+        policy = job_policy()
+        if client is not None and policy is not None and not policy.allows(str(client.get("module"))):
+            raise RecipeError(
+                f"this site does not run custom code and the job's worker client module {client.get('module')!r} "
+                f"is not among its allowed_modules; nothing was started")
         self.command = command
         self.subprocess_timeout = subprocess_timeout
         self.train_script = train_script

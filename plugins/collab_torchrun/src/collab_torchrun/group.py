@@ -26,6 +26,7 @@ from collab_core import tracking
 from collab_core.connection import Connection, ConnectionClosed
 from collab_core.context import current
 from collab_core.errors import CollabError
+from collab_core.lifeline import die_with_parent
 
 from .launchers import make_launcher
 from .protocol import ENV_ADDR, ENV_SPEC, ENV_TOKEN
@@ -72,8 +73,9 @@ class WorkerGroup:
         env = dict(os.environ, **{ENV_ADDR: f"{host}:{port}", ENV_TOKEN: self._token,
                                   ENV_SPEC: json.dumps(self.spec), "PYTHONUNBUFFERED": "1"})
         log.info("%s: starting worker group: %s", self.site, " ".join(argv))
+        # the launcher (torchrun agent, python, srun ...) is signalled when this site process dies
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env, start_new_session=True)
+                                     env=env, start_new_session=True, preexec_fn=die_with_parent)
         ctx = contextvars.copy_context()  # the output lands in this site's log
         threading.Thread(target=ctx.run, args=(self._pump_output,), name=f"{self.site}-worker-output",
                          daemon=True).start()

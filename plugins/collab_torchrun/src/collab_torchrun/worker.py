@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import queue
+import signal
 import socket
 import sys
 import threading
@@ -23,6 +24,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from collab_core.lifeline import die_with_parent
 from collab_torchrun.protocol import ENV_ADDR, ENV_SPEC, ENV_TOKEN
 
 log = logging.getLogger("collab.worker")
@@ -244,7 +246,7 @@ def run_script(spec: dict, conn: Any, inbox: queue.Queue, rank: int) -> int:
 def serve_module(spec: dict, conn: Any, inbox: queue.Queue, rank: int) -> int:
     from collab_core import context
     from collab_core.app import App, make_client_object
-    from collab_core.job import build_object
+    from collab_core.loading import build_object
     from collab_core.runtime import Call, SiteRuntime
 
     try:
@@ -307,6 +309,11 @@ def main() -> int:
         print("collab_torchrun.worker is started by a collab site (launch_external_process=True), "
               "not by hand.", file=sys.stderr)
         return 2
+    # a rank whose launcher (or site) dies goes with it, even before it has dialled its site
+    parent = os.getppid()
+    die_with_parent(signal.SIGKILL)
+    if os.getppid() != parent:
+        return 17
     spec = json.loads(os.environ[ENV_SPEC])
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
