@@ -89,7 +89,7 @@ if __name__ == "__main__":
         raise SystemExit(1)
     server_ws = run.workspace / "server"
     if not (server_ws / "tensorboard").exists():  # PocEnv: the server keeps one folder per job
-        server_ws = next((run.workspace / "server" / "jobs").glob("*/server"))
+        server_ws = next((run.workspace / "server" / "jobs").glob("*/workspace/server"))
     for name, report in run.tracking.items():
         print(f"{name}: {report['written']} records written")
     print(f"tensorboard --logdir {server_ws / 'tensorboard'}")

@@ -167,7 +167,7 @@ def test_poc_processes(offline, job_module):
     run = CollabRecipe(job_name="trk", server=Rounds(), client=job_module, min_clients=2,
                        tracking=TRACKERS).execute(PocEnv(num_clients=2))
     assert run.status == "finished", run.error
-    (root,) = (run.workspace / "server" / "jobs").glob("*/server")
+    (root,) = (run.workspace / "server" / "jobs").glob("*/workspace/server")
     check_everything(root, ["site-1", "site-2"])
     assert run.tracking["mlflow"]["written"] == 2 * (ROUNDS * 3 + 1) + ROUNDS
 

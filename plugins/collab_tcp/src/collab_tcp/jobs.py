@@ -6,7 +6,8 @@ Layout of the server's workspace::
     jobs/<job id>/job/          the job folder as the admin submitted it (streamed to sites from here)
     jobs/<job id>/record.json   what the server knows of the job (status, error, participants, times)
     jobs/<job id>/result.collab the result of @collab.main, in the wire format (when it finished)
-    jobs/<job id>/<site>/log.txt every participant's log, and the server's own
+    jobs/<job id>/workspace/    the job's workspace: <site>/log.txt of every participant, the server's
+                                own log, and what trackers wrote
 
 A job that was queued, deploying or running when the server went away is marked failed ("the
 server restarted ...") the next time the server starts: never shown as running.
@@ -135,7 +136,7 @@ class JobStore:
                     sites=doc.get("sites"), wait_timeout=0.0, deploy_timeout=0.0,
                     submitted_by=str(doc.get("submitted_by", "?")), status=str(doc.get("status", "failed")),
                     error=doc.get("error"), participants=list(doc.get("participants") or []),
-                    workspace=folder, submitted=float(doc.get("submitted") or 0.0),
+                    workspace=folder / "workspace", submitted=float(doc.get("submitted") or 0.0),
                     started=float(doc.get("started") or 0.0), finished=float(doc.get("finished") or 0.0),
                     tracking_report=doc.get("tracking") or {},
                 )
