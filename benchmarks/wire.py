@@ -1,14 +1,14 @@
-"""Benchmark collab_core.wire against pickle protocol 5, torch.save and a raw socket copy.
+"""Benchmark collab_core.wire against torch.save and a raw socket copy.
 
 Run: .venv/bin/python benchmarks/wire.py [--quick] [--reps N]
 
 Every figure is the median of N repetitions measured in this run; ratios compare figures from
-this run only. pickle appears here as a baseline only (collab never unpickles peer data).
+this run only. (No pickle here: collab never unpickles anything, not even in a benchmark.)
 
 Cases
   (a) one 100 MB float32 numpy array
   (b) a 100 MB torch state dict of 200 float32 tensors
-  in process: dumps+loads, vs pickle-5 with out-of-band buffers, vs torch.save/torch.load (BytesIO)
+  in process: dumps+loads, vs torch.save/torch.load (BytesIO)
   socket:     write_frame/read_frame over a socketpair (writer thread), vs one sendall of a
               100 MB bytes object received with recv_into into a preallocated, already-touched
               buffer, and into a freshly allocated one (what any receiver of new data must do).
@@ -21,7 +21,6 @@ import gc
 import io
 import mmap
 import os
-import pickle
 import socket
 import statistics
 import sys
@@ -69,12 +68,6 @@ def wire_roundtrip_copy(obj: Any) -> Any:
     """As a receiver that owns its memory sees it: the buffers are copied once."""
     header, buffers = dumps(obj)
     return loads(header, [bytearray(b) for b in buffers])
-
-
-def pickle5_roundtrip(obj: Any) -> Any:
-    bufs: list[pickle.PickleBuffer] = []
-    data = pickle.dumps(obj, protocol=5, buffer_callback=bufs.append)
-    return pickle.loads(data, buffers=bufs)
 
 
 def torch_save_roundtrip(obj: Any) -> Any:
@@ -170,8 +163,7 @@ def main() -> int:
     check_equal(arr, wire_roundtrip(arr))
     check_equal(arr, socket_wire(arr)())
     case = f"(a) numpy {mb} MB float32"
-    w = add(case, "wire dumps+loads (zero-copy)", lambda: wire_roundtrip(arr))
-    add(case, "pickle-5 out-of-band (zero-copy)", lambda: pickle5_roundtrip(arr), w)
+    add(case, "wire dumps+loads (zero-copy)", lambda: wire_roundtrip(arr))
     wc = add(case, "wire dumps+loads, buffers copied", lambda: wire_roundtrip_copy(arr))
     if torch is not None:
         add(case, "torch.save/torch.load BytesIO", lambda: torch_save_roundtrip(arr), wc)
@@ -186,14 +178,11 @@ def main() -> int:
         g = torch.Generator().manual_seed(0)
         sd = {f"layer{i}.weight": torch.randn(per, generator=g).reshape(-1, 100) for i in range(n_tensors)}
         check_equal(sd, wire_roundtrip(sd))
-        check_equal(sd, pickle5_roundtrip(sd))
         check_equal(sd, socket_wire(sd)())
         case = f"(b) torch state_dict {mb} MB, {n_tensors} tensors"
         w = add(case, "wire dumps+loads (zero-copy)", lambda: wire_roundtrip(sd))
-        add(case, "pickle-5 out-of-band", lambda: pickle5_roundtrip(sd), w)
         add(case, "torch.save/torch.load BytesIO", lambda: torch_save_roundtrip(sd), w)
         wc = add(case, "wire dumps+loads, buffers copied", lambda: wire_roundtrip_copy(sd))
-        add(case, "pickle-5 out-of-band (vs copied)", lambda: pickle5_roundtrip(sd), wc)
         add(case, "torch.save/torch.load (vs copied)", lambda: torch_save_roundtrip(sd), wc)
         ws = add(case, "socket: wire write_frame/read_frame", socket_wire(sd))
         add(case, "socket: raw sendall/recv_into prealloc", socket_raw(payload, fresh=False), ws)
@@ -214,7 +203,7 @@ def main() -> int:
         "baseline/wire > 1 means the wire format is faster; for socket rows the baseline is the raw copy,\n"
         "so a value < 1 is the wire path's overhead (e.g. 0.80x = the wire path takes 1.25x the raw time).\n"
         "'zero-copy' rows: dumps gives views of the arrays and loads builds arrays over them, so they cost\n"
-        "microseconds whatever the size; pickle-5 with buffer_callback is zero-copy for numpy too, not for torch."
+        "microseconds whatever the size."
     )
     print(f"total benchmark time {time.perf_counter() - t_start:.1f} s")
     return 0
