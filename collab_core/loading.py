@@ -199,7 +199,7 @@ def stop_if_loading_job(what: str) -> None:
     if not getattr(_building, "importing", 0):
         return
     frame = sys._getframe(1)
-    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in ("collab_core",):
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "collab_core":
         frame = frame.f_back
     file, line = (frame.f_code.co_filename, frame.f_lineno) if frame is not None else ("?", 0)
     raise JobScriptStopped(file, line, what)

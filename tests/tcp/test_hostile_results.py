@@ -96,6 +96,14 @@ def test_a_result_is_accepted_only_from_the_connection_its_call_went_to(make_clu
         for forged in (rid, rid + 1, 1 << 62):
             conn2.send({"t": "result", "job": job_id, "id": forged, "ok": True, "value": "FORGED"})
     wait_for(lambda: conn2.closed.is_set(), what="the server to close the relay forger's connection")
+    # an id that is not even an integer (unhashable): refused the same way, the job goes on
+    wait_for(lambda: attacker.conn is not None and attacker.conn is not conn2 and not attacker.conn.closed.is_set(),
+             what="the forger to reconnect again")
+    conn3 = attacker.conn
+    conn3.send({"t": "result", "job": job_id, "id": [relay_ids[0]], "ok": True, "value": "FORGED"})
+    wait_for(lambda: conn3.closed.is_set(), what="the server to close the connection that sent a malformed id")
+    assert any("call id is list, not an integer" in r.getMessage() and "site-3" in r.getMessage()
+               for r in caplog.records)
     (gate / "relay").write_text("open")
 
     done = admin.follow(job_id, timeout=60)

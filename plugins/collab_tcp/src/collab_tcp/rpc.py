@@ -143,10 +143,12 @@ class TcpBackend:
         was sent on. Returns False for the late result of a call we cancelled (dropped quietly);
         raises :class:`ForgedResult` for anything else (a result of a call never sent there)."""
         wire_id = msg.get("id")
+        if type(wire_id) is not int:
+            raise ForgedResult(f"a result whose call id is {type(wire_id).__name__}, not an integer")
         with self._lock:
-            entry = self._pending.get(wire_id)  # type: ignore[arg-type]
+            entry = self._pending.get(wire_id)
             if entry is not None and entry[2] is conn:
-                del self._pending[wire_id]  # type: ignore[arg-type]
+                del self._pending[wire_id]
                 self._wire_ids.pop(entry[0].id, None)
             else:
                 entry = None

@@ -386,10 +386,13 @@ class Server:
         if job is None:
             return  # a late result of an earlier job
         rid = msg.get("id")
+        if type(rid) is not int:
+            reject_forged(conn, f"a result whose call id is {type(rid).__name__}, not an integer")
+            return
         with job.changed:
-            relay = job.relays.get(rid)  # type: ignore[arg-type]
+            relay = job.relays.get(rid)
             if relay is not None and relay.dest is conn:
-                del job.relays[rid]  # type: ignore[arg-type]
+                del job.relays[rid]
         if relay is not None:
             if relay.dest is not conn:
                 reject_forged(conn, f"a result for relayed call {rid}, which was sent to {relay.target}, not to {conn.peer}")
