@@ -22,6 +22,8 @@ from .kit import AuthError, Kit
 from .rpc import CallServer, ForgedResult, TcpBackend
 
 log = logging.getLogger("collab.tcp.site")
+# errors of the log forwarder itself, which it never forwards (no feedback loop)
+_quiet = logging.getLogger("collab.tcp.forwarder")
 
 
 class _Forwarder(logging.Handler):
@@ -37,11 +39,12 @@ class _Forwarder(logging.Handler):
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
         self._buf: list[str] = []
         self._stop = threading.Event()
+        self._flushing = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="site-log-forward", daemon=True)
         self._thread.start()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.name in ("collab.connection", "collab.tcp"):  # our own transport: not the job's
+        if record.name in ("collab.connection", "collab.tcp", _quiet.name):  # our own: not the job's
             return
         try:
             line = self.format(record)
@@ -50,12 +53,19 @@ class _Forwarder(logging.Handler):
             return
         with self.lock:  # type: ignore[union-attr]
             self._buf.append(line)
-            self._file.write(line + "\n")
+            if not self._file.closed:
+                self._file.write(line + "\n")
 
     def flush(self) -> None:
+        # one flush at a time: the loop thread and close() must not interleave their batches
+        with self._flushing:
+            self._flush()
+
+    def _flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
             lines, self._buf = self._buf, []
-            self._file.flush()
+            if not self._file.closed:
+                self._file.flush()
         # small batches travel as control messages, in order with the job's other messages
         batch: list[str] = []
         size = 0
@@ -68,7 +78,7 @@ class _Forwarder(logging.Handler):
                     if conn is None:
                         raise ConnectionClosed("not connected")
                     conn.send({"t": "log", "job": self.job, "lines": batch})
-                except ConnectionClosed:
+                except (ConnectionClosed, OSError, ValueError, RuntimeError):
                     with self.lock:  # type: ignore[union-attr]
                         self._buf[:0] = lines[i + 1 - len(batch):]  # keep them for the next connection
                     return
@@ -76,12 +86,22 @@ class _Forwarder(logging.Handler):
 
     def _loop(self) -> None:
         while not self._stop.wait(0.25):
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # never let the forwarder die: the local file still has every line
+                _quiet.exception("forwarding the job's log lines failed; will retry")
 
     def close(self) -> None:
         self._stop.set()
-        self.flush()
-        self._file.close()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)
+        try:
+            self.flush()
+        except Exception:
+            _quiet.exception("last forward of the job's log lines failed")
+        with self.lock:  # type: ignore[union-attr]
+            if not self._file.closed:
+                self._file.close()
         super().close()
 
 
