@@ -6,7 +6,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -278,8 +280,12 @@ def test_mlflow_parent_and_child_runs(mlflow_workspace, caplog, monkeypatch):
 
     monkeypatch.chdir(mlflow_workspace.parent)  # where ./mlruns would appear by mistake
     caplog.set_level(logging.WARNING, logger="collab_tracking.receivers")
-    receiver = MlflowReceiver(mlflow_workspace, "job")
-    assert receiver.tracking_uri == f"sqlite:///{(mlflow_workspace / 'mlflow.db').as_posix()}"
+    monkeypatch.setenv("COLLAB_WORKSPACE_ROOT", str(mlflow_workspace))
+    receiver = MlflowReceiver(mlflow_workspace / "run-1" / "server", "job")
+    store = mlflow_workspace / "mlflow" / "mlflow.db"
+    assert receiver.tracking_uri == f"sqlite:///{store.as_posix()}"
+    assert "pip install mlflow" in receiver.ui_command
+    assert receiver.ui_command.endswith(f"mlflow ui --backend-store-uri {receiver.tracking_uri}")
     extra = [  # MLflow-specific: a param that changes, a name MLflow does not accept
         {"site": "site-2", "tool": "mlflow", "op": "param", "key": "lr", "value": 0.2},
         {
@@ -293,7 +299,8 @@ def test_mlflow_parent_and_child_runs(mlflow_workspace, caplog, monkeypatch):
         },
     ]
     feed(receiver, all_records() + extra)
-    assert (mlflow_workspace / "mlflow.db").is_file()
+    assert store.is_file()
+    assert not (mlflow_workspace / "run-1" / "server" / "mlflow.db").exists()
     assert not (mlflow_workspace.parent / "mlruns").exists()
 
     client = MlflowClient(receiver.tracking_uri)
@@ -512,10 +519,115 @@ def test_volume_tensorboard(tmp_path):
         assert scalars["loss"] == [(s, float(s)) for s in range(1000)]
 
 
+def test_mlflow_tracking_uri_env(mlflow_workspace, tmp_path, monkeypatch):
+    """MLFLOW_TRACKING_URI is used when no tracking_uri is given; the option still wins."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{(mlflow_workspace / 'mlflow' / 'mlflow.db').as_posix()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("COLLAB_WORKSPACE_ROOT", str(tmp_path / "root"))
+    assert MlflowReceiver(tmp_path, "j", tracking_uri="http://x:1").tracking_uri == "http://x:1"
+    receiver = MlflowReceiver(tmp_path / "ws", "from-env")
+    assert receiver.tracking_uri == uri
+    feed(receiver, all_records())
+    assert not (tmp_path / "root").exists() and not (tmp_path / "ws" / "mlflow.db").exists()
+    exp = MlflowClient(uri).get_experiment_by_name("from-env")
+    runs = MlflowClient(uri).search_runs([exp.experiment_id])
+    assert {r.info.run_name for r in runs} == {"from-env", *SITES}
+
+
+_RUN_ONE = """
+import json, sys
+from collab_tracking.receivers import MlflowReceiver
+receiver = MlflowReceiver(sys.argv[1], "project", run_name=sys.argv[2])
+records = [{"site": s, "tool": "mlflow", "op": "metric", "key": "loss", "value": float(i),
+            "step": i, "time": 1.0} for i in range(50) for s in ("site-1", "site-2")]
+for k in range(0, len(records), 7):
+    receiver.receive(records[k:k + 7])
+receiver.close()
+print(receiver.tracking_uri)
+"""
+
+
+def test_mlflow_runs_of_a_project_share_one_store(tmp_path):
+    """Two runs of the same project, started at the same time in two processes with their own
+    workspaces, land in one default store (created once, under the lock) and are both listed."""
+    pytest.importorskip("mlflow")
+    pytest.importorskip("sqlalchemy")
+    pytest.importorskip("alembic")
+    from mlflow import MlflowClient
+
+    root = tmp_path / "root"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["COLLAB_WORKSPACE_ROOT"] = str(root)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RUN_ONE, str(root / "sim" / name / "server"), name],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for name in ("run-a", "run-b")
+    ]
+    outs = [p.communicate(timeout=180) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    uri = f"sqlite:///{(root / 'mlflow' / 'mlflow.db').as_posix()}"
+    assert [out.strip() for out, _ in outs] == [uri, uri]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("project")
+    runs = client.search_runs([exp.experiment_id])
+    parents = {r.info.run_name: r for r in runs if r.data.tags.get("collab.role") == "job"}
+    assert sorted(parents) == ["run-a", "run-b"]
+    for parent in parents.values():
+        children = [
+            r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+        ]
+        assert sorted(r.info.run_name for r in children) == ["site-1", "site-2"]
+        for child in children:
+            history = client.get_metric_history(child.info.run_id, "loss")
+            assert sorted(m.step for m in history) == list(range(50))
+    assert not list((root / "sim").rglob("mlflow.db"))
+
+
+@pytest.mark.parametrize(
+    ("env_mode", "expected"),
+    [(None, "offline"), ("offline", "offline"), ("disabled", "disabled"), ("dryrun", "offline"),
+     ("online", "online")],
+)
+def test_wandb_mode_from_env(monkeypatch, tmp_path, env_mode, expected):
+    if env_mode is None:
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_MODE", env_mode)
+    assert WandbReceiver(tmp_path, "j").mode == expected
+    assert WandbReceiver(tmp_path, "j", mode="offline").mode == "offline"  # the option wins
+
+
+def test_wandb_mode_env_invalid(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "onlin")
+    with pytest.raises(PluginError, match="WANDB_MODE must be one of"):
+        WandbReceiver.check()
+    WandbReceiver.check(mode="offline")  # an explicit mode does not read WANDB_MODE
+
+
+def test_wandb_disabled_from_env_writes_nothing(wandb_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    receiver = WandbReceiver(tmp_path, "job", dir=tmp_path / "wb")
+    feed(receiver, all_records())
+    assert not list((tmp_path / "wb").glob("wandb/offline-run-*"))
+
+
+def test_wandb_offline_from_env_writes_offline_runs(wandb_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    receiver = WandbReceiver(tmp_path, "job", dir=tmp_path / "wb")
+    assert receiver.mode == "offline"
+    feed(receiver, all_records())
+    assert sorted(wandb_runs(tmp_path / "wb")) == sorted(SITES)
+
+
 def test_volume_mlflow(mlflow_workspace, tmp_path):
     from mlflow import MlflowClient
 
-    uri = f"sqlite:///{(mlflow_workspace / 'mlflow.db').as_posix()}"
+    uri = f"sqlite:///{(mlflow_workspace / 'mlflow' / 'mlflow.db').as_posix()}"
     receiver = MlflowReceiver(
         tmp_path, "vol", tracking_uri=uri, experiment_name="volume", run_name="vol-run"
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import sys
 import textwrap
 import time
@@ -122,7 +123,10 @@ def check_everything(root: Path, sites: list[str], rounds: int = ROUNDS) -> None
     # MLflow: a child run per site with complete histories
     from mlflow import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{(root / 'mlflow.db').as_posix()}")
+    # the default store is shared by every run: <workspaces root>/mlflow/mlflow.db, none per run
+    assert not (root / "mlflow.db").exists()
+    store = Path(os.environ["COLLAB_WORKSPACE_ROOT"]) / "mlflow" / "mlflow.db"
+    client = MlflowClient(f"sqlite:///{store.as_posix()}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     by_site = {r.data.tags.get("collab.site"): r for r in runs if r.data.tags.get("collab.site")}
     assert set(sites) | {"server"} <= set(by_site)

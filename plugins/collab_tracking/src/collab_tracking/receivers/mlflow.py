@@ -1,9 +1,14 @@
 """MlflowReceiver: one parent MLflow run per job, one nested child run per site.
 
 Everything goes through an ``mlflow.MlflowClient`` bound to an explicit tracking URI (never
-MLflow's global "fluent" state, so several receivers can live in one process). The default store
-is ``sqlite:///<workspace>/mlflow.db`` with artifacts (none are written today) under
-``<workspace>/mlflow-artifacts``; MLflow's default ``./mlruns`` is never used.
+MLflow's global "fluent" state, so several receivers can live in one process). The store is, in
+this order: the ``tracking_uri`` option; the ``MLFLOW_TRACKING_URI`` environment variable; else
+one store shared by every run on this machine, ``sqlite:///<root>/mlflow/mlflow.db`` with
+artifacts (none are written today) under ``<root>/mlflow/artifacts``, where ``<root>`` is the
+workspaces root (``$COLLAB_WORKSPACE_ROOT``, default ``<tempdir>/collab``). So runs of the same
+project (experiment) can be compared side by side in one ``mlflow ui``, and removing old
+workspaces never removes the store. Concurrent runs serialize the store's creation and their
+experiment lookup through a lock file next to the database. MLflow's ``./mlruns`` is never used.
 
 * the parent run (``run_name``, default the job name) is created on the first record, with tags
   ``collab.job`` and ``collab.role=job``;
@@ -18,15 +23,47 @@ is ``sqlite:///<workspace>/mlflow.db`` with artifacts (none are written today) u
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from .base import Histogram, Param, Receiver, Scalar, Tag, Text, close_all
 
-__all__ = ["MlflowReceiver"]
+__all__ = ["MlflowReceiver", "default_store_dir", "ui_command"]
+
+#: What ``mlflow ui`` needs: mlflow-skinny (the ``[mlflow]`` extra) writes runs but has no UI.
+UI_INSTALL = "pip install mlflow"
+
+
+def default_store_dir() -> Path:
+    """The folder of the default, shared store: ``<workspaces root>/mlflow``."""
+    root = os.environ.get("COLLAB_WORKSPACE_ROOT") or Path(tempfile.gettempdir()) / "collab"
+    return Path(root).absolute() / "mlflow"
+
+
+def ui_command(tracking_uri: str) -> str:
+    """The shell line that shows ``tracking_uri`` in MLflow's UI, its install included."""
+    return f"{UI_INSTALL}  &&  mlflow ui --backend-store-uri {tracking_uri}"
+
+
+@contextlib.contextmanager
+def _store_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` across processes (POSIX; a no-op where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: SQLite's own locking only
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 # MLflow's limits (mlflow.utils.validation), repeated so that nothing here imports mlflow early.
 _MAX_METRICS_PER_BATCH = 1000
@@ -51,7 +88,8 @@ def _safe_key(name: str) -> str:
 
 
 class MlflowReceiver(Receiver):
-    """Options: ``tracking_uri`` (default ``sqlite:///<workspace>/mlflow.db``),
+    """Options: ``tracking_uri`` (default ``$MLFLOW_TRACKING_URI``, else the shared
+    ``sqlite:///<workspaces root>/mlflow/mlflow.db``),
     ``experiment_name`` (default the job name), ``run_name`` (default the job name)."""
 
     tool = "mlflow"
@@ -68,9 +106,11 @@ class MlflowReceiver(Receiver):
             experiment_name=experiment_name,
             run_name=run_name,
         )
-        self._default_store = tracking_uri is None
         if tracking_uri is None:
-            tracking_uri = f"sqlite:///{Path(self.workspace / 'mlflow.db').absolute().as_posix()}"
+            tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or None
+        self._store_dir = default_store_dir() if tracking_uri is None else None
+        if self._store_dir is not None:
+            tracking_uri = f"sqlite:///{(self._store_dir / 'mlflow.db').as_posix()}"
         self.tracking_uri: str = tracking_uri
         self.experiment_name: str = experiment_name or job_name
         self.run_name: str = run_name or job_name
@@ -88,7 +128,7 @@ class MlflowReceiver(Receiver):
 
     @classmethod
     def _required_modules(cls, options):
-        uri = options.get("tracking_uri")
+        uri = options.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or None
         if uri is None or uri.startswith(("sqlite:", "mysql", "postgresql", "mssql")):
             # A database store needs SQLAlchemy and Alembic (mlflow-skinny does not bring them).
             return ("mlflow", "sqlalchemy", "alembic")
@@ -96,17 +136,32 @@ class MlflowReceiver(Receiver):
 
     # ------------------------------------------------------------------------------ runs
 
+    @property
+    def ui_command(self) -> str:
+        """The shell line that shows this receiver's store in MLflow's UI."""
+        return ui_command(self.tracking_uri)
+
     def _start(self) -> None:
+        lock: contextlib.AbstractContextManager = contextlib.nullcontext()
+        if self._store_dir is not None:
+            self._store_dir.mkdir(parents=True, exist_ok=True)
+            lock = _store_lock(self._store_dir / "mlflow.db.lock")
+        elif self.tracking_uri.startswith("sqlite:///"):
+            db = Path(self.tracking_uri[len("sqlite:///"):])
+            if db.parent.is_dir():
+                lock = _store_lock(db.parent / f"{db.name}.lock")
+        with lock:  # creating the database and the experiment: one process at a time
+            self._start_unlocked()
+
+    def _start_unlocked(self) -> None:
         from mlflow import MlflowClient
 
-        if self._default_store:
-            self.workspace.mkdir(parents=True, exist_ok=True)
         client = MlflowClient(tracking_uri=self.tracking_uri)
         experiment = client.get_experiment_by_name(self.experiment_name)
         if experiment is None:
             artifacts = None
-            if self._default_store:
-                artifacts = (self.workspace / "mlflow-artifacts").absolute().as_uri()
+            if self._store_dir is not None:
+                artifacts = (self._store_dir / "artifacts").as_uri()
             try:
                 experiment_id = client.create_experiment(
                     self.experiment_name, artifact_location=artifacts

@@ -2,7 +2,9 @@
 
 Each site's run is created on that site's first record: ``wandb.init(project=<project>,
 name=<site>, group=<job name>, job_type="site", dir=<dir>, mode=<mode>, reinit="create_new")``
-(several live runs in one process need wandb >= 0.19.10). In the default offline mode the runs
+(several live runs in one process need wandb >= 0.19.10). The mode is the ``mode`` option, else
+``$WANDB_MODE`` (W&B's aliases ``dryrun`` = offline, ``run`` = online), else offline: nothing
+reaches the network unless asked for. In offline mode the runs
 land in ``<dir>/wandb/offline-run-<time>-<id>/`` (``dir`` defaults to the job's workspace);
 ``wandb sync <dir>/wandb/offline-run-*`` uploads them later.
 
@@ -21,6 +23,7 @@ The runs do not capture the server's console (``console="off"``) nor sample syst
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +36,7 @@ from .base import Histogram, Param, Receiver, Scalar, Tag, Text, close_all
 __all__ = ["WandbReceiver"]
 
 MODES = ("offline", "online", "disabled")
+_MODE_ALIASES = {"dryrun": "offline", "run": "online"}  # W&B's own names for WANDB_MODE
 MIN_WANDB = "0.19.10"  # reinit="create_new": several live runs in one process
 _MAX_BINS = 512  # wandb.Histogram's limit
 _DEFAULT_BINS = 64
@@ -50,8 +54,8 @@ class _SiteRun:
 
 
 class WandbReceiver(Receiver):
-    """Options: ``project`` (default the job name), ``mode`` ("offline" by default, "online",
-    "disabled"), ``dir`` (default the workspace), ``entity`` (W&B entity; online only)."""
+    """Options: ``project`` (default the job name), ``mode`` ("offline", "online", "disabled";
+    default ``$WANDB_MODE``, else "offline"), ``dir`` (default the workspace), ``entity`` (W&B entity; online only)."""
 
     tool = "wandb"
     extra = "wandb"
@@ -62,7 +66,7 @@ class WandbReceiver(Receiver):
     ) -> None:
         super().__init__(workspace, job_name, project=project, mode=mode, dir=dir, entity=entity)
         self.project: str = project or job_name
-        self.mode: str = mode or "offline"
+        self.mode: str = mode or _env_mode() or "offline"
         self.dir = Path(dir) if dir is not None else self.workspace
         self.entity: str | None = entity
         self._runs: dict[str, _SiteRun] = {}
@@ -77,6 +81,8 @@ class WandbReceiver(Receiver):
             raise PluginError(
                 f"WandbReceiver: mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}"
             )
+        if mode is None:
+            _env_mode()
 
     @classmethod
     def _required_modules(cls, options):
@@ -220,3 +226,17 @@ class WandbReceiver(Receiver):
 
             closers.append((f"the W&B run of {site}", finish))
         close_all(closers)
+
+
+def _env_mode() -> str | None:
+    """``$WANDB_MODE`` as one of MODES (None when unset); a PluginError when it is not one."""
+    value = os.environ.get("WANDB_MODE", "").strip().lower()
+    if not value:
+        return None
+    mode = _MODE_ALIASES.get(value, value)
+    if mode not in MODES:
+        raise PluginError(
+            f"WandbReceiver: WANDB_MODE must be one of {', '.join(map(repr, MODES))}, "
+            f"not {value!r}"
+        )
+    return mode
