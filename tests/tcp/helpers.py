@@ -213,26 +213,28 @@ def collab_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "collab_core.cli", *args]
 
 
-def spawn(args: list[str], log_path: Path, **kwargs: Any) -> subprocess.Popen:
-    """Start ``args`` in its own session with output to ``log_path``."""
+def spawn(args: list[str], log_path: Path, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.Popen:
+    """Start ``args`` in its own session with output to ``log_path`` (``env``: extra variables)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
         return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True, **kwargs)
+                                env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
+                                start_new_session=True, **kwargs)
 
 
 def start_site_process(kit_path: Path, port_file: Path, workspace: Path, log_path: Path, *,
-                       heartbeat: float = 0.5, dead_after: float = 5.0) -> subprocess.Popen:
+                       heartbeat: float = 0.5, dead_after: float = 5.0, **kwargs: Any) -> subprocess.Popen:
     return spawn(collab_cmd("site", "start", "--kit", str(kit_path), "--port-file", str(port_file),
                             "--workspace", str(workspace), "--heartbeat", str(heartbeat),
-                            "--dead-after", str(dead_after)), log_path)
+                            "--dead-after", str(dead_after)), log_path, **kwargs)
 
 
 def start_server_process(kit_path: Path, port_file: Path, workspace: Path, log_path: Path, *, port: int = 0,
-                         heartbeat: float = 0.5, dead_after: float = 5.0) -> subprocess.Popen:
+                         heartbeat: float = 0.5, dead_after: float = 5.0, **kwargs: Any) -> subprocess.Popen:
     return spawn(collab_cmd("server", "start", "--kit", str(kit_path), "--host", LOCAL, "--port", str(port),
                             "--port-file", str(port_file), "--workspace", str(workspace),
-                            "--heartbeat", str(heartbeat), "--dead-after", str(dead_after)), log_path)
+                            "--heartbeat", str(heartbeat), "--dead-after", str(dead_after)), log_path,
+                 **kwargs)
 
 
 def read_port_file(port_file: Path, proc: subprocess.Popen | None = None, timeout: float = TIMEOUT,
@@ -313,6 +315,112 @@ def set_kit_server(kit_path: Path, address: tuple[str, int]) -> None:
     doc = json.loads((kit_path / "kit.json").read_text())
     doc["server"] = f"{address[0]}:{address[1]}"
     (kit_path / "kit.json").write_text(json.dumps(doc, indent=2))
+
+
+
+#: A job that calls every site once; a server that runs it "still serves".
+SMALL_JOB = """
+from collab_core import collab
+
+class Server:
+    @collab.main
+    def run(self):
+        return sorted(collab.clients.hello())
+
+class Client:
+    @collab.publish
+    def hello(self):
+        return collab.site_name
+"""
+
+MiB = 1 << 20
+
+
+# -- measuring a process --------------------------------------------------------------------------
+
+
+def status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+class PeakRss:
+    """The growth of a process's peak RSS over a block: VmHWM after minus VmRSS before (VmHWM is
+    reset to the current RSS first where the kernel allows it, so a peak reached before the
+    block does not hide one reached in it)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.growth = 0
+
+    def __enter__(self) -> PeakRss:
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        self.before = status_kib(self.pid, "VmRSS") * 1024
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.growth = status_kib(self.pid, "VmHWM") * 1024 - self.before
+
+
+# -- a real server process and a real site --------------------------------------------------------
+
+
+class ServerProcess:
+    """A real server process (`collab server start`) in ``root``; ``still_serves`` proves it works."""
+
+    def __init__(self, kits, root: Path, **kwargs: Any):
+        self.kits = kits
+        self.root = root
+        self.port_file = root / "server.port"
+        self.log = root / "processes" / "server.log"
+        self.proc = start_server_process(kits.server.path, self.port_file, root / "server", self.log,
+                                         heartbeat=0.5, dead_after=10.0, **kwargs)
+        self.address = read_port_file(self.port_file, self.proc, log_path=self.log)
+        self.sites: list = []
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def attacker(self) -> ssl.SSLSocket:
+        """A TLS connection authenticated as site-1 (a provisioned kit), before any hello."""
+        ctx = self.kits.sites["site-1"].with_server(*self.address).client_context()
+        return tls_connect(ctx, self.address)
+
+    def wait_log(self, text: str, timeout: float = TIMEOUT) -> str:
+        def found():
+            assert self.proc.poll() is None, f"the server exited:\n{tail(self.log)}"
+            for line in self.log.read_text(errors="replace").splitlines():
+                if text in line:
+                    return line
+            return None
+
+        return wait_for(found, timeout, what=f"the server to log {text!r}")
+
+    def still_serves(self, tmp_path: Path) -> None:
+        """A real site process connects and a small job runs on it."""
+        name = "site-2"
+        if not self.sites:
+            site_log = self.root / "processes" / f"{name}.log"
+            self.sites.append(start_site_process(self.kits.sites[name].path, self.port_file,
+                                                 self.root / "sites" / name, site_log,
+                                                 heartbeat=0.5, dead_after=10.0))
+        job_dir = export_job(tmp_path, SMALL_JOB, job_name=f"after-{uuid.uuid4().hex[:6]}")
+        with AdminClient(self.kits.admin, address=self.address, timeout=TIMEOUT) as admin:
+            wait_for(lambda: name in admin.status()["sites"], what=f"{name} to connect")
+            job = admin.submit(job_dir, sites=[name], wait_timeout=20)
+            done = admin.follow(job, timeout=60)
+        assert done["status"] == "finished", (done, tail(self.log))
+        assert done["result"] == [[name, name]] or done["result"] == [(name, name)], done["result"]
+
+    def stop(self) -> None:
+        try:
+            terminate(self.sites, 10.0)
+        finally:
+            terminate([self.proc], 10.0)
 
 
 # -- raw peers ------------------------------------------------------------------------------------

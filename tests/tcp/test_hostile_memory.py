@@ -13,135 +13,27 @@ import struct
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
 from collab_core.connection import MAX_RESERVED_BYTES, MAX_STREAMS, PEER_LIMITS
 from collab_core.wire import FORMAT_VERSION, MAGIC
-from collab_tcp.admin import AdminClient
 
 from .helpers import (
     END,
     START,
     TIMEOUT,
+    MiB,
+    PeakRss,
+    ServerProcess,
     chunk,
-    export_job,
-    read_port_file,
-    start_server_process,
-    start_site_process,
-    tail,
-    terminate,
-    tls_connect,
     wait_closed_by_peer,
-    wait_for,
 )
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/status"),
 ]
-
-MiB = 1 << 20
-
-JOB = """
-from collab_core import collab
-
-class Server:
-    @collab.main
-    def run(self):
-        return sorted(collab.clients.hello())
-
-class Client:
-    @collab.publish
-    def hello(self):
-        return collab.site_name
-"""
-
-
-# -- measuring a process --------------------------------------------------------------------------
-
-
-def status_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
-
-
-class PeakRss:
-    """The growth of a process's peak RSS over a block: VmHWM after minus VmRSS before (VmHWM is
-    reset to the current RSS first where the kernel allows it, so a peak reached before the
-    block does not hide one reached in it)."""
-
-    def __init__(self, pid: int):
-        self.pid = pid
-        self.growth = 0
-
-    def __enter__(self) -> PeakRss:
-        with contextlib.suppress(OSError):
-            Path(f"/proc/{self.pid}/clear_refs").write_text("5")
-        self.before = status_kib(self.pid, "VmRSS") * 1024
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.growth = status_kib(self.pid, "VmHWM") * 1024 - self.before
-
-
-# -- a real server process and a real site --------------------------------------------------------
-
-
-class ServerProcess:
-    def __init__(self, kits, root: Path):
-        self.kits = kits
-        self.root = root
-        self.port_file = root / "server.port"
-        self.log = root / "processes" / "server.log"
-        self.proc = start_server_process(kits.server.path, self.port_file, root / "server", self.log,
-                                         heartbeat=0.5, dead_after=10.0)
-        self.address = read_port_file(self.port_file, self.proc, log_path=self.log)
-        self.sites: list = []
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def attacker(self) -> ssl.SSLSocket:
-        """A TLS connection authenticated as site-1 (a provisioned kit), before any hello."""
-        ctx = self.kits.sites["site-1"].with_server(*self.address).client_context()
-        return tls_connect(ctx, self.address)
-
-    def wait_log(self, text: str, timeout: float = TIMEOUT) -> str:
-        def found():
-            assert self.proc.poll() is None, f"the server exited:\n{tail(self.log)}"
-            for line in self.log.read_text(errors="replace").splitlines():
-                if text in line:
-                    return line
-            return None
-
-        return wait_for(found, timeout, what=f"the server to log {text!r}")
-
-    def still_serves(self, tmp_path: Path) -> None:
-        """A real site process connects and a small job runs on it."""
-        name = "site-2"
-        if not self.sites:
-            site_log = self.root / "processes" / f"{name}.log"
-            self.sites.append(start_site_process(self.kits.sites[name].path, self.port_file,
-                                                 self.root / "sites" / name, site_log,
-                                                 heartbeat=0.5, dead_after=10.0))
-        job_dir = export_job(tmp_path, JOB, job_name=f"after-{uuid.uuid4().hex[:6]}")
-        with AdminClient(self.kits.admin, address=self.address, timeout=TIMEOUT) as admin:
-            wait_for(lambda: name in admin.status()["sites"], what=f"{name} to connect")
-            job = admin.submit(job_dir, sites=[name], wait_timeout=20)
-            done = admin.follow(job, timeout=60)
-        assert done["status"] == "finished", (done, tail(self.log))
-        assert done["result"] == [[name, name]] or done["result"] == [(name, name)], done["result"]
-
-    def stop(self) -> None:
-        try:
-            terminate(self.sites, 10.0)
-        finally:
-            terminate([self.proc], 10.0)
 
 
 @pytest.fixture
