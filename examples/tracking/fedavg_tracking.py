@@ -4,10 +4,14 @@ clients (three APIs you already know), and the aggregated metrics of each round 
     python examples/tracking/fedavg_tracking.py            # SimEnv
     python examples/tracking/fedavg_tracking.py poc        # PocEnv: real processes
 
-W&B runs offline unless you are logged in and set WANDB_MODE=online. Then look at the results:
+Needs: pip install collab-core collab-sim 'collab-tracking[all]' torch. W&B runs offline unless
+you set WANDB_MODE=online (and are logged in); MLflow writes to $MLFLOW_TRACKING_URI if set, else
+to one store shared by every run (ROOT = $COLLAB_WORKSPACE_ROOT, default <tempdir>/collab), so
+runs of this example sit side by side in one MLflow UI. Then look at the results (the viewers are
+separate installs: the extras only bring what writes the files):
 
-    tensorboard --logdir WORKSPACE/tensorboard             # one run per site
-    mlflow ui --backend-store-uri sqlite:///WORKSPACE/mlflow.db
+    pip install tensorboard  &&  tensorboard --logdir WORKSPACE/tensorboard   # a run per site
+    pip install mlflow  &&  mlflow ui --backend-store-uri sqlite:///ROOT/mlflow/mlflow.db
     wandb sync WORKSPACE/wandb/offline-run-*               # to upload the offline runs
 """
 
@@ -92,6 +96,11 @@ if __name__ == "__main__":
         server_ws = next((run.workspace / "server" / "jobs").glob("*/workspace/server"))
     for name, report in run.tracking.items():
         print(f"{name}: {report['written']} records written")
-    print(f"tensorboard --logdir {server_ws / 'tensorboard'}")
-    print(f"mlflow ui --backend-store-uri sqlite:///{server_ws / 'mlflow.db'}")
-    print(f"wandb sync {server_ws / 'wandb'}/offline-run-*")
+    from collab_tracking.receivers import mlflow as mlflow_receiver
+    from collab_tracking.receivers import tensorboard as tensorboard_receiver
+    from collab_tracking.receivers import wandb as wandb_receiver
+
+    print("view the results (each line installs its viewer, then starts it):")
+    print(tensorboard_receiver.ui_command(server_ws / "tensorboard"))
+    print(mlflow_receiver.ui_command())  # the store every run of this project shares
+    print(wandb_receiver.sync_command(server_ws))

@@ -745,3 +745,40 @@ def test_check_options():
     WandbReceiver.check(mode="online", project="p", dir=Path("/tmp"))  # no exception
     pytest.importorskip("mlflow")
     MlflowReceiver.check(tracking_uri="http://localhost:5000", experiment_name="e", run_name="r")
+
+
+# ---------------------------------------------------------------------------- viewer commands
+
+
+def test_viewer_commands_work_after_the_install_they_print(tmp_path, monkeypatch):
+    """The extras bring what writes the files; each viewer line names the install its viewer
+    needs: TensorBoard's ``tensorboard`` and MLflow's UI server (mlflow-skinny has none) are
+    separate packages, ``wandb sync`` comes with the [wandb] extra."""
+    from collab_tracking.receivers import mlflow as mlflow_receiver
+    from collab_tracking.receivers import tensorboard as tensorboard_receiver
+    from collab_tracking.receivers import wandb as wandb_receiver
+
+    bindir = Path(sys.executable).parent
+    tb_line = tensorboard_receiver.ui_command(tmp_path / "tensorboard")
+    assert tb_line == f"pip install tensorboard  &&  tensorboard --logdir {tmp_path / 'tensorboard'}"
+    if not (bindir / "tensorboard").exists():  # tensorboardX alone has no viewer: say so
+        assert importlib.util.find_spec("tensorboard") is None
+    ml_line = mlflow_receiver.ui_command()
+    store = tmp_path / "collab-root" / "mlflow" / "mlflow.db"
+    assert ml_line == f"pip install mlflow  &&  mlflow ui --backend-store-uri sqlite:///{store}"
+    if importlib.util.find_spec("mlflow") is not None:
+        # `mlflow ui` runs mlflow.server, which needs Flask: not in mlflow-skinny
+        server_ok = subprocess.run(
+            [sys.executable, "-c", "import mlflow.server"], capture_output=True
+        ).returncode == 0
+        assert server_ok == (importlib.util.find_spec("flask") is not None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert mlflow_receiver.ui_command().endswith("--backend-store-uri http://mlflow.example:5000")
+    wb_line = wandb_receiver.sync_command(tmp_path)
+    assert wb_line == f"wandb sync {tmp_path / 'wandb'}/offline-run-*"
+    if importlib.util.find_spec("wandb") is not None:  # the [wandb] extra brings the command
+        wandb_cli = bindir / "wandb"
+        assert wandb_cli.exists()
+        out = subprocess.run([str(wandb_cli), "sync", "--help"], capture_output=True, text=True,
+                             timeout=120, env=dict(os.environ, WANDB_MODE="offline"))
+        assert out.returncode == 0 and "Usage" in out.stdout, out.stderr

@@ -33,7 +33,7 @@ from typing import Any
 
 from .base import Histogram, Param, Receiver, Scalar, Tag, Text, close_all
 
-__all__ = ["MlflowReceiver", "default_store_dir", "ui_command"]
+__all__ = ["MlflowReceiver", "default_store_dir", "default_tracking_uri", "ui_command"]
 
 #: What ``mlflow ui`` needs: mlflow-skinny (the ``[mlflow]`` extra) writes runs but has no UI.
 UI_INSTALL = "pip install mlflow"
@@ -45,8 +45,18 @@ def default_store_dir() -> Path:
     return Path(root).absolute() / "mlflow"
 
 
-def ui_command(tracking_uri: str) -> str:
-    """The shell line that shows ``tracking_uri`` in MLflow's UI, its install included."""
+def default_tracking_uri() -> str:
+    """The store a receiver without ``tracking_uri`` writes to: ``$MLFLOW_TRACKING_URI``, else
+    the shared ``sqlite:///<workspaces root>/mlflow/mlflow.db``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or (
+        f"sqlite:///{(default_store_dir() / 'mlflow.db').as_posix()}"
+    )
+
+
+def ui_command(tracking_uri: str | None = None) -> str:
+    """The shell line that shows ``tracking_uri`` (default: :func:`default_tracking_uri`) in
+    MLflow's UI, its install included."""
+    tracking_uri = tracking_uri or default_tracking_uri()
     return f"{UI_INSTALL}  &&  mlflow ui --backend-store-uri {tracking_uri}"
 
 

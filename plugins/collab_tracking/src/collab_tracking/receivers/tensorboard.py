@@ -2,7 +2,9 @@
 
 Layout: ``<log_dir>/<site>/events.out.tfevents.*`` (``log_dir`` defaults to
 ``<workspace>/tensorboard``), so ``tensorboard --logdir <log_dir>`` lists every site, and the
-server's own records (site "server"), as a run of its own.
+server's own records (site "server"), as a run of its own. The ``[tensorboard]`` extra brings
+tensorboardX, which writes the files; the ``tensorboard`` viewer is a separate install
+(``pip install tensorboard``), see :func:`ui_command`.
 
 * scalars / metrics / wandb.log numbers -> scalar summaries (``add_scalars`` values as
   ``main_tag/key``), histograms -> histogram summaries, text -> text summaries;
@@ -21,7 +23,15 @@ from typing import Any
 
 from .base import Histogram, Param, Receiver, Scalar, Tag, Text, close_all
 
-__all__ = ["TensorBoardReceiver"]
+__all__ = ["TensorBoardReceiver", "ui_command"]
+
+#: What ``tensorboard --logdir`` needs: tensorboardX (the ``[tensorboard]`` extra) only writes.
+UI_INSTALL = "pip install tensorboard"
+
+
+def ui_command(log_dir) -> str:
+    """The shell line that shows ``log_dir`` in TensorBoard, its install included."""
+    return f"{UI_INSTALL}  &&  tensorboard --logdir {Path(log_dir)}"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 

@@ -33,9 +33,16 @@ from collab_core.errors import PluginError
 
 from .base import Histogram, Param, Receiver, Scalar, Tag, Text, close_all
 
-__all__ = ["WandbReceiver"]
+__all__ = ["WandbReceiver", "sync_command"]
 
 MODES = ("offline", "online", "disabled")
+
+
+def sync_command(dir) -> str:
+    """The shell line that uploads the offline runs under ``dir`` (wandb, the extra, has it)."""
+    return f"wandb sync {Path(dir) / 'wandb'}/offline-run-*"
+
+
 _MODE_ALIASES = {"dryrun": "offline", "run": "online"}  # W&B's own names for WANDB_MODE
 MIN_WANDB = "0.19.10"  # reinit="create_new": several live runs in one process
 _MAX_BINS = 512  # wandb.Histogram's limit
