@@ -390,6 +390,10 @@ class ServerProcess:
         ctx = self.kits.sites["site-1"].with_server(*self.address).client_context()
         return tls_connect(ctx, self.address)
 
+    def attacker_with_timeout(self, timeout: float) -> ssl.SSLSocket:
+        ctx = self.kits.sites["site-1"].with_server(*self.address).client_context()
+        return tls_connect(ctx, self.address, timeout=timeout)
+
     def wait_log(self, text: str, timeout: float = TIMEOUT) -> str:
         def found():
             assert self.proc.poll() is None, f"the server exited:\n{tail(self.log)}"
