@@ -23,6 +23,7 @@ from .errors import (
 )
 from .fl_model import FLModel
 from .hookspecs import hookimpl
+from .progress import report_round
 from .recipe import CollabRecipe, JobSpec, RecipeBase
 from .recipes import CyclicRecipe, FedAvgRecipe, SplitLearningRecipe, SwarmRecipe
 from .registry import check_required_plugins, get_registry
@@ -58,5 +59,6 @@ __all__ = [
     "check_required_plugins",
     "collab",
     "get_registry",
+    "report_round",
     "hookimpl",
 ]

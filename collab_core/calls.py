@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from . import executor
+from . import executor, progress
 from .context import SiteContext, current
 from .errors import CallValidationError, CollabCallError, GroupCallError
 from .runtime import Call
@@ -171,7 +171,9 @@ def _log_fire_and_forget(call: Call) -> Callable[[Future], None]:
 
 
 class GroupResult(Sequence):
-    """The successes of a group call as ``(site, value)`` pairs, in arrival order, plus ``failures``.
+    """The successes of a group call as ``(site, value)`` pairs, in the group's target order
+    (whatever order they arrived in, so the same inputs aggregate to the same floats), plus
+    ``failures``. Arrival order is what iterating a ``blocking=False`` call gives.
 
     ``for site, value in results``, ``len(results)``, ``dict(results)``, ``results.failures``.
     """
@@ -284,6 +286,7 @@ class _GroupRun:
         self.needed = needed
         self.pairs: list[tuple[str, Any]] = []
         self.failures: dict[str, CollabCallError] = {}
+        self._began = time.monotonic()
         self._start()
         self._iter = self._run()
 
@@ -294,7 +297,11 @@ class _GroupRun:
         return next(self._iter)
 
     def result(self) -> GroupResult:
-        return GroupResult(self.pairs, self.failures)
+        return GroupResult(self._in_target_order(), self.failures)
+
+    def _in_target_order(self) -> list[tuple[str, Any]]:
+        order = {site: i for i, site in enumerate(self.targets)}
+        return sorted(self.pairs, key=lambda pair: order[pair[0]])
 
     def _launch(self) -> None:
         site = self._pending.popleft()
@@ -384,5 +391,16 @@ class _GroupRun:
             if in_flight:  # the caller stopped iterating early, or a callback raised
                 for call in in_flight.values():
                     backend.cancel(call)
+            self._report()
         if len(self.pairs) < self.needed:
-            raise GroupCallError(self.method, dict(self.failures), list(self.pairs), self.needed, total)
+            raise GroupCallError(self.method, dict(self.failures), self._in_target_order(), self.needed, total)
+
+    def _report(self) -> None:
+        """Main's group calls show on the console (see :mod:`collab_core.progress`)."""
+        ctx = self.ctx
+        if not ctx.is_server:
+            return
+        reporter = progress.of_job(ctx.job)
+        if reporter is not None:
+            reporter.group_call(self.method, len(self.pairs), len(self.failures),
+                                time.monotonic() - self._began, self.failures)

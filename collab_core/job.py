@@ -53,10 +53,11 @@ def _module_name(module: types.ModuleType) -> str:
     if module.__name__ != "__main__":
         return module.__name__
     file = getattr(module, "__file__", None)
-    if not file:
+    if not file or file.startswith("<") or not Path(file).is_file():
+        where = "an interactive session" if not file else f"{file} (not a file on disk)"
         raise ExportError(
-            "cannot export code defined in an interactive session (__main__ has no file); move the "
-            "@collab functions or classes into a .py file and import it"
+            f"cannot export code defined in {where}, e.g. `python -` or a notebook cell; save the "
+            f"@collab functions or classes in a .py file and import it or run it as a script"
         )
     spec = getattr(module, "__spec__", None)
     if spec is not None and spec.name and spec.name != "__main__":  # python -m package.module
@@ -261,11 +262,39 @@ def run_job_folder(path: str | Path, env: str = "sim", num_clients: int | None =
     env_factory = get_registry().environment(env)
     if num_clients is None:
         num_clients = config["min_clients"]
+    elif num_clients < config["min_clients"]:
+        raise RecipeError(f"job {config['job_name']!r} needs at least {config['min_clients']} clients "
+                          f"(its min_clients); run it with --clients {config['min_clients']} or more")
+    _check_env_options(env, env_factory, {"num_clients": num_clients, **env_options})
     if workspace is not None:
         env_options["workspace"] = workspace
     environment = env_factory(num_clients=num_clients, **env_options)
     recipe = load_job(path)
     return recipe.execute(environment)
+
+
+#: the command-line flag of each environment option `collab run` passes
+CLI_FLAGS = {"num_clients": "--clients", "kit": "--kit", "workspace": "--workspace", "progress": "--progress"}
+
+
+def _check_env_options(env: str, factory: Any, options: dict[str, Any]) -> None:
+    """Say which command-line flag a named environment needs, instead of a TypeError later."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return
+    missing = [name for name, p in params.items()
+               if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+               and name not in options and name != "self"]
+    if missing:
+        flags = ", ".join(CLI_FLAGS.get(m, f"--{m.replace('_', '-')}") for m in missing)
+        raise RecipeError(f"--env {env} needs {flags}" + (
+            " (an admin startup kit, from `collab provision`)" if "kit" in missing else ""))
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    unknown = [k for k, v in options.items() if v is not None and k not in params and not accepts_any]
+    if unknown:
+        flags = ", ".join(CLI_FLAGS.get(k, k) for k in unknown)
+        raise RecipeError(f"--env {env} does not take {flags}")
 
 
 def _job_files(root: Path) -> list[tuple[str, Path]]:

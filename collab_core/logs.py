@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -14,12 +17,17 @@ LOG_FILE = "log.txt"
 
 
 class SiteFilter(logging.Filter):
-    """Adds ``record.site``: the site the logging code runs on ("-" outside any job)."""
+    """Adds ``record.site``: the site the logging code runs on (outside any job: ``default``, e.g.
+    the name of the process's own site, or "-")."""
+
+    def __init__(self, default: str = "-"):
+        super().__init__()
+        self.default = default
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "site"):
             ctx = current(required=False)
-            record.site = ctx.site_name if ctx is not None else "-"
+            record.site = ctx.site_name if ctx is not None else self.default
         return True
 
 
@@ -114,3 +122,101 @@ class capture_site_logs:
         for h, level in self._raised:
             h.setLevel(level)
         self.handler.close()
+
+
+PRINT_LOGGER = "collab.print"
+_print_log = logging.getLogger(PRINT_LOGGER)
+_logging_a_line = threading.local()
+
+
+class _SiteLines:
+    """A stand-in for sys.stdout / sys.stderr while a job runs: what a site writes is cut into whole
+    lines (per site and thread, so two sites' prints never merge into one line), each written to the
+    real stream in one piece -- with ``[site]`` in front for client sites -- and logged to the site's
+    log (logger ``collab.print``). Writes from outside any job pass straight through."""
+
+    def __init__(self, stream: IO[str], server_name: str | None, prefix_sites: bool = True,
+                 on_line: Callable[[str, str], None] | None = None):
+        self._on_line = on_line
+        self._stream = stream
+        self._server = server_name
+        self._prefix = prefix_sites
+        self._buffers: dict[tuple[str, int], str] = {}
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str):  # encoding, isatty, fileno, ...
+        return getattr(self._stream, name)
+
+    def write(self, text: str) -> int:
+        ctx = current(required=False)
+        if ctx is None or getattr(_logging_a_line, "on", False):
+            return self._stream.write(text)
+        key = (ctx.site_name, threading.get_ident())
+        with self._lock:
+            pending = self._buffers.pop(key, "") + text
+            *lines, rest = pending.split("\n")
+            if rest:
+                self._buffers[key] = rest
+        for line in lines:
+            self._line(ctx.site_name, line)
+        return len(text)
+
+    def _line(self, site: str, line: str) -> None:
+        shown = line if not self._prefix or site == self._server else f"[{site}] {line}"
+        with self._lock:
+            try:
+                self._stream.write(shown + "\n")
+                self._stream.flush()
+            except (OSError, ValueError):
+                pass  # a closed or broken console must not fail the site's call
+        _logging_a_line.on = True  # a handler that writes to this stream must not come back here
+        try:
+            _print_log.info("%s", line, extra={"site": site})
+            if self._on_line is not None:
+                self._on_line(site, line)
+        except Exception:
+            pass  # passing a line on must never fail the site's code
+        finally:
+            _logging_a_line.on = False
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def drain(self) -> None:
+        """Write out what was printed without a final newline."""
+        with self._lock:
+            pending, self._buffers = self._buffers, {}
+        for (site, _), rest in pending.items():
+            self._line(site, rest)
+
+
+class site_prints:
+    """While a job runs in this process, sites' ``print()`` output reaches the console as whole
+    lines and the site's log (see :class:`_SiteLines`)."""
+
+    def __init__(self, server_name: str | None = "server", prefix_sites: bool = True,
+                 on_line: Callable[[str, str], None] | None = None):
+        self.server_name = server_name
+        self.prefix_sites = prefix_sites
+        self.on_line = on_line
+        self._installed: list[tuple[str, _SiteLines]] = []
+
+    def __enter__(self) -> site_prints:
+        for name in ("stdout", "stderr"):
+            stream = getattr(sys, name)
+            if stream is None or isinstance(stream, _SiteLines):
+                continue
+            wrapper = _SiteLines(stream, self.server_name, self.prefix_sites, self.on_line)
+            setattr(sys, name, wrapper)
+            self._installed.append((name, wrapper))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, wrapper in reversed(self._installed):
+            wrapper.drain()
+            if getattr(sys, name) is wrapper:
+                setattr(sys, name, wrapper._stream)
+        self._installed.clear()

@@ -21,7 +21,7 @@ class Run:
     ``status`` is ``"finished"`` (main returned), ``"failed"`` (main raised, or too few sites
     started) or ``"aborted"``. ``result`` is what ``@collab.main`` returned; ``error`` the
     traceback text when it failed; ``workspace`` the run's folder with one sub-folder per site;
-    ``logs`` maps each site to its log file.
+    ``logs`` maps each site that logged something to its log file; ``log(site)`` reads one.
     """
 
     job_name: str
@@ -34,6 +34,8 @@ class Run:
     duration_s: float = 0.0
     #: per tracking receiver: records written, skipped, and the failure that switched it off
     tracking: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    #: every site of the run, the server first (a site that logged nothing has no entry in ``logs``)
+    sites: list[str] = attrs.field(factory=list)
 
     def get_result(self) -> Any:
         """The result (the seeds' spelling)."""
@@ -43,12 +45,23 @@ class Run:
         return self.status
 
     def log(self, site: str) -> str:
-        """The text of ``site``'s log."""
+        """The text of ``site``'s log ("" for a site of the job that logged nothing)."""
+        path = self.logs.get(site)
+        if path is None:
+            if site in self.sites:
+                return ""
+            known = ", ".join(self.sites or self.logs) or "none"
+            raise KeyError(f"no site {site!r} in this run; its sites are: {known}")
         try:
-            path = self.logs[site]
-        except KeyError:
-            raise KeyError(f"no log for {site!r}; logs exist for: {', '.join(self.logs)}") from None
-        return path.read_text(encoding="utf-8", errors="replace")
+            return path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def __attrs_post_init__(self) -> None:
+        # ``logs`` lists the files that exist; ``sites`` every site of the run
+        if not self.sites:
+            self.sites = list(self.logs)
+        self.logs = {site: Path(p) for site, p in self.logs.items() if Path(p).is_file()}
 
     def raise_for_status(self) -> Run:
         if self.status != "finished":

@@ -141,3 +141,63 @@ def check_rounds(num_rounds: Any) -> int:
     if not isinstance(num_rounds, int) or isinstance(num_rounds, bool) or num_rounds < 1:
         raise RecipeError(f"num_rounds must be an integer >= 1, got {num_rounds!r}")
     return num_rounds
+
+
+def function_ref(fn: Any, what: str) -> str | None:
+    """``"module:qualname"`` of a module-level function, as an exported job records it."""
+    if fn is None or isinstance(fn, str):
+        return fn
+    import sys
+
+    from ..errors import ExportError
+    from ..job import _module_name
+
+    qualname = getattr(fn, "__qualname__", "")
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    if module is None or not qualname or "<" in qualname:
+        raise ExportError(f"cannot export {what}={fn!r}: it must be a function defined at module level "
+                          f"(not a lambda or a nested function), so the job can import it")
+    return f"{_module_name(module)}:{qualname}"
+
+
+def resolve_function(ref: Any, what: str) -> Any:
+    """The function of :func:`function_ref` (imported under the job's policy), or ``ref`` itself."""
+    if callable(ref):
+        return ref
+    from ..loading import import_job_module, job_policy
+
+    if not isinstance(ref, str) or ":" not in ref:
+        raise RecipeError(f"{what} must be a function or 'module:qualname', got {ref!r}")
+    module_name, _, qualname = ref.partition(":")
+    policy = job_policy()
+    if policy is not None and not policy.allows(module_name):
+        raise RecipeError(f"{what} {ref!r}: module {module_name!r} is not among this site's allowed_modules")
+    obj: Any = import_job_module(module_name, what)
+    for part in qualname.split("."):
+        obj = vars(obj).get(part) if hasattr(obj, "__dict__") else None
+        if obj is None:
+            raise RecipeError(f"{what} {ref!r}: {qualname!r} is not defined in module {module_name!r}")
+    if not callable(obj):
+        raise RecipeError(f"{what} {ref!r} is a {type(obj).__name__}, not a function")
+    return obj
+
+
+def function_source(fn: Any) -> dict[str, Path]:
+    """The user's source file that defines ``fn``, to travel with an exported job ({} for a
+    function of an installed package)."""
+    if not callable(fn):
+        return {}
+    import sys
+
+    from ..job import _installed_packages, _module_name
+
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    file = getattr(module, "__file__", None)
+    if module is None or not file:
+        return {}
+    name = _module_name(module)
+    if name.partition(".")[0] in _installed_packages():
+        return {}
+    path = Path(file)
+    rel = name.replace(".", "/") + ("/__init__.py" if path.name == "__init__.py" else ".py")
+    return {rel: path}

@@ -9,6 +9,7 @@ from typing import Any
 from ..api import collab
 from ..errors import RecipeError
 from ..fl_model import FLModel
+from ..progress import report_round
 from ..recipe import RecipeBase
 from .common import MODEL_FILE, ModelFiles, check_rounds, initial_params, model_file, save_model
 
@@ -43,6 +44,7 @@ class CyclicServer(ModelFiles):
                 visits.append({"round": r + 1, "site": site, **metrics})
             if not succeeded:
                 raise RecipeError(f"round {r + 1}: every site failed; stopping")
+            report_round(r + 1, self.num_rounds, metrics, sites=succeeded)
             save_model(FLModel(params=params, metrics=metrics, current_round=r + 1, total_rounds=self.num_rounds),
                        collab.workspace / MODEL_FILE)
         collab.clients.stop()

@@ -18,6 +18,7 @@ from typing import Any
 from ..api import collab
 from ..errors import RecipeError
 from ..fl_model import FLModel
+from ..progress import report_round
 from ..recipe import RecipeBase
 from .common import (
     ModelFiles,
@@ -71,6 +72,7 @@ class SplitLearningServer(ModelFiles):
                     round_losses.append(loss.item())
             losses.append(sum(round_losses) / len(round_losses))
             log.info("round %d: mean loss %.5f", r + 1, losses[-1])
+            report_round(r + 1, self.num_rounds, {"loss": losses[-1]}, sites=len(collab.clients.names))
         collab.clients.stop()
         return {"losses": losses, "server_model": head.state_dict()}
 

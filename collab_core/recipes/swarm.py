@@ -10,6 +10,7 @@ from ..api import collab
 from ..errors import RecipeError
 from ..fl_model import FLModel
 from ..loading import job_script
+from ..progress import report_round
 from ..recipe import RecipeBase
 from .common import check_rounds, weighted_average
 
@@ -115,6 +116,7 @@ class SwarmServer:
             trained = collab.clients.swarm_train(r + 1, self.num_rounds)
             sizes = collab.clients.swarm_aggregate(self.min_peers)
             history.append({"round": r + 1, "metrics": dict(trained), "models_averaged": dict(sizes)})
+            report_round(r + 1, self.num_rounds, _mean_metrics(dict(trained)), sites=len(trained))
         first = sorted(collab.clients.names)[0]
         final = collab.clients[first].swarm_model(trained=False)
         final.meta = {"history": history, "from": first}
@@ -152,3 +154,13 @@ class SwarmRecipe(RecipeBase):
 
     def make_server(self) -> SwarmServer:
         return SwarmServer(self.num_rounds, self.min_peers)
+
+
+def _mean_metrics(per_site: dict[str, Any]) -> dict[str, float]:
+    """The mean over sites of each numeric metric the sites reported."""
+    sums: dict[str, list[float]] = {}
+    for metrics in per_site.values():
+        for key, value in (metrics or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                sums.setdefault(key, []).append(float(value))
+    return {k: sum(v) / len(v) for k, v in sums.items()}

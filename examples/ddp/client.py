@@ -1,4 +1,4 @@
-"""A DDP training script with the Client API (the seed's section 3.2), on CPU with gloo.
+"""A DDP training script with the Client API (a plain training script that receives the model, trains and sends it back), on CPU with gloo.
 
 Every rank runs this file. Every rank receives each task; rank 0 loads the global weights and
 broadcasts them, all ranks train their shard with DDP, and only rank 0 sends the result.

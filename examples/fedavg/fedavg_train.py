@@ -18,7 +18,7 @@ import zlib
 import torch
 import torch.nn as nn
 
-from collab_core import CollabRecipe, collab
+from collab_core import CollabRecipe, collab, report_round
 
 log = logging.getLogger("fedavg")
 
@@ -95,7 +95,7 @@ class FedAvg:
             global_weights = weighted_avg(client_results)
             loss = sum(v for _, v in collab.clients.evaluate(global_weights)) / len(collab.clients)
             losses.append(loss)
-            log.info("round %d: global loss %.5f", r + 1, loss)
+            report_round(r + 1, self.num_rounds, {"global_loss": loss})  # a console line per round
         return {"weights": global_weights, "losses": losses}
 
 

@@ -4,21 +4,18 @@ site's calls on worker threads."""
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 import traceback
 import types
-import uuid
 from concurrent.futures import wait
 from pathlib import Path
 from typing import Any
 
-from collab_core import tracking
+from collab_core import progress, tracking, workspaces
 from collab_core.app import App, make_client_object
 from collab_core.errors import RecipeError
 from collab_core.executor import ElasticExecutor
-from collab_core.logs import capture_site_logs
+from collab_core.logs import capture_site_logs, site_prints
 from collab_core.registry import get_registry
 from collab_core.run import Run
 from collab_core.runtime import SERVER, JobRuntime, SiteRuntime
@@ -29,7 +26,7 @@ log = logging.getLogger("collab.sim")
 
 
 def default_workspace_root() -> Path:
-    return Path(os.environ.get("COLLAB_WORKSPACE_ROOT") or Path(tempfile.gettempdir()) / "collab")
+    return workspaces.root()
 
 
 class SimEnv:
@@ -40,7 +37,11 @@ class SimEnv:
     ``"none"`` passes references. ``max_workers`` bounds the threads doing client work at once
     (threads waiting on nested calls do not count). ``call_timeout`` is the default deadline of
     every call (None: no deadline). ``workspace`` is the run's folder (default: a new folder under
-    ``$COLLAB_WORKSPACE_ROOT`` or the system temp dir).
+    ``$COLLAB_WORKSPACE_ROOT`` or the system temp dir, of which the newest ``$COLLAB_KEEP_RUNS``
+    (20) are kept; see :mod:`collab_core.workspaces` and ``collab clean``). ``progress`` is what the console shows
+    while the job runs: ``"normal"`` (default; also ``True``), ``"verbose"`` or ``"off"``
+    (``False``); None reads ``$COLLAB_PROGRESS`` (see :mod:`collab_core.progress`).
+    ``log_level`` is the lowest level written to the sites' log files (INFO).
     """
 
     name = "sim"
@@ -55,6 +56,7 @@ class SimEnv:
         max_workers: int | None = None,
         call_timeout: float | None = None,
         log_level: int | str = logging.INFO,
+        progress: bool | str | None = None,
     ):
         if clients is not None:
             clients = list(clients)
@@ -81,6 +83,9 @@ class SimEnv:
         self.max_workers = max_workers or min(32, len(clients) + 4)
         self.call_timeout = call_timeout
         self.log_level = logging.getLevelName(log_level) if isinstance(log_level, str) else log_level
+        if not isinstance(self.log_level, int):
+            raise RecipeError(f"log_level must be a logging level (e.g. 'INFO' or logging.DEBUG), got {log_level!r}")
+        self.progress = progress if progress is None else _progress_level(progress)
         #: how long the end of a job waits for @collab.final functions and cancelled calls
         self.final_timeout = 30.0
 
@@ -89,12 +94,9 @@ class SimEnv:
 
     def _workspace_for(self, job_name: str) -> Path:
         if self.workspace is not None:
-            path = self.workspace
-        else:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            path = default_workspace_root() / "sim" / f"{job_name}-{stamp}-{uuid.uuid4().hex[:6]}"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+            self.workspace.mkdir(parents=True, exist_ok=True)
+            return self.workspace
+        return workspaces.new_run_folder("sim", job_name)
 
     def deploy(self, recipe: Any) -> Run:
         spec = recipe.build_job()
@@ -117,6 +119,8 @@ class SimEnv:
             workspace, default_timeout=self.call_timeout,
         )
         job.tracking = list(spec.tracking)
+        reporter = progress.Progress(spec.job_name, _progress_level(self.progress))
+        job.extras["progress"] = reporter
         hub = tracking.build_hub(job.tracking, workspace / SERVER, spec.job_name)
         if hub is not None:
             job.extras["tracking_hub"] = hub
@@ -126,8 +130,10 @@ class SimEnv:
         module_state = _module_globals(spec.client)
 
         status, result, error = "failed", None, None
-        with capture_site_logs(workspace, SERVER, self.log_level) as handler:
-            log.info("job %s starting on SimEnv with %d clients, workspace %s", spec.job_name, self.num_clients, workspace)
+        with capture_site_logs(workspace, SERVER, self.log_level) as handler, progress.console(reporter.level), \
+                site_prints(SERVER):
+            log.debug("job %s starting on SimEnv with %d clients, workspace %s", spec.job_name, self.num_clients, workspace)
+            reporter.started("SimEnv", self.num_clients, workspace)
             try:
                 wait([executor.submit(s.start) for s in sites.values()])
                 ready = [n for n, s in sites.items() if s.init_error is None]
@@ -148,7 +154,7 @@ class SimEnv:
                     except BaseException as exc:
                         job.abort(f"main failed: {exc!r}")
                         error = _format(exc, "@collab.main failed")
-                        log.error("job %s: @collab.main failed:\n%s", spec.job_name, error)
+                        log.error("job %s: %s", spec.job_name, error)
             finally:
                 stragglers = backend.cancel_all()
                 if stragglers:
@@ -162,14 +168,22 @@ class SimEnv:
                     log.warning("job %s: %d call(s) ignored cancellation and were abandoned after %.0f s: %s",
                                 spec.job_name, len(ignored), self.final_timeout, ", ".join(ignored[:10]))
                 _warn_shared_module_state(spec.client, module_state, self.num_clients)
-                log.info("job %s %s in %.3f s", spec.job_name, status, time.monotonic() - started)
-        if error and status != "finished":
-            log.warning("job %s failed; see %s", spec.job_name, handler.path_for(SERVER))
+                reporter.finished(status, time.monotonic() - started, error)
+            if error and status != "finished":
+                log.warning("job %s failed; see %s", spec.job_name, handler.path_for(SERVER))
+        workspaces.release(workspace)
         logs = {site: handler.path_for(site) for site in [SERVER, *self.clients]}
         return Run(
             job_name=spec.job_name, status=status, result=result, error=error, workspace=workspace,
             logs=logs, env=self.name, duration_s=time.monotonic() - started, tracking=tracking_report,
         )
+
+
+def _progress_level(value: bool | str | None) -> str:
+    try:
+        return progress.level_of(value)
+    except RecipeError as exc:
+        raise RecipeError(f"SimEnv: {exc}") from None
 
 
 def _format(exc: BaseException, what: str) -> str:

@@ -95,9 +95,14 @@ class AdminClient:
         return reply["job"]
 
     def follow(self, job: str, on_log: Callable[[str, list[str]], None] | None = None,
-               timeout: float | None = None, subscribe: bool = False) -> dict:
-        """Wait for ``job`` to end, calling ``on_log(site, lines)`` as log lines arrive; return the
-        ``job_done`` message (status, error, result, participants, logs)."""
+               timeout: float | None = None, subscribe: bool = False,
+               on_progress: Callable[[str], None] | None = None,
+               on_print: Callable[[str, str], None] | None = None) -> dict:
+        """Wait for ``job`` to end, calling ``on_log(site, lines)`` as log lines arrive and
+        ``on_progress(line)`` for the job's progress lines (group calls, rounds; see
+        :mod:`collab_core.progress`) and ``on_print(site, line)`` for its server code's print()
+        lines; return the ``job_done`` message (status, error, result,
+        participants, logs)."""
         if self.conn is None:
             self.connect()
         if subscribe:
@@ -122,6 +127,10 @@ class AdminClient:
                 continue
             if msg["t"] == "log" and on_log is not None:
                 on_log(str(msg.get("site")), list(msg.get("lines", [])))
+            elif msg["t"] == "progress" and on_progress is not None:
+                on_progress(str(msg.get("line", "")))
+            elif msg["t"] == "print" and on_print is not None:
+                on_print(str(msg.get("site")), str(msg.get("line", "")))
             elif msg["t"] == "job_done":
                 return msg
 

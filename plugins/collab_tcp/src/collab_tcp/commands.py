@@ -20,8 +20,8 @@ PROCESS_FORMAT = "%(asctime)s %(levelname)s [%(site)s] %(name)s: %(message)s"
 
 def _setup_process_logging(name: str, verbose: int) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(SiteFilter())
-    handler.setFormatter(logging.Formatter(PROCESS_FORMAT.replace("%(site)s", f"{name}|%(site)s")))
+    handler.addFilter(SiteFilter(default=name))  # a site process's lines carry its name, job or not
+    handler.setFormatter(logging.Formatter(PROCESS_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from collab_core import progress, workspaces
 from collab_core.errors import RecipeError
 from collab_core.lifeline import new_lifeline
 from collab_core.run import Run
@@ -46,7 +47,8 @@ def _run_from_done(job_name: str, done: dict, workspace: Path, env: str, started
         logs[site] = path
     return Run(job_name=job_name, status=done["status"], result=done.get("result"), error=done.get("error"),
                workspace=workspace, logs=logs, env=env, duration_s=time.monotonic() - started,
-               tracking=done.get("tracking") or {})
+               tracking=done.get("tracking") or {},
+               sites=[SERVER, *(p for p in done.get("participants") or [] if p != SERVER)])
 
 
 class PocEnv:
@@ -54,14 +56,18 @@ class PocEnv:
     over mutually authenticated TLS on 127.0.0.1 (a throw-away project is provisioned for it).
 
     Everything is started for the run and stopped after it; ``stop(clean_poc=True)`` also removes
-    the workspace (kits, every process's output, the job's logs).
+    the workspace (kits, every process's output, the job's logs). ``progress`` is what the console
+    shows while the job runs, as for SimEnv: ``"normal"`` (default), ``"verbose"`` (every site's
+    log lines too) or ``"off"``; None reads ``$COLLAB_PROGRESS``.
     """
 
     name = "poc"
 
     def __init__(self, num_clients: int | None = None, *, clients: list[str] | None = None,
                  workspace: str | Path | None = None, start_timeout: float = 60.0,
-                 job_timeout: float | None = None, heartbeat: float = 1.0, dead_after: float = 30.0):
+                 job_timeout: float | None = None, heartbeat: float = 1.0, dead_after: float = 30.0,
+                 progress: bool | str | None = None):
+        self.progress = progress if progress is None else _progress_level(progress, "PocEnv")
         if clients is None:
             if not isinstance(num_clients, int) or isinstance(num_clients, bool) or num_clients < 1:
                 raise RecipeError(f"PocEnv needs num_clients >= 1 (or clients=[names]), got {num_clients!r}")
@@ -185,29 +191,38 @@ class PocEnv:
                 f"recipe {spec.job_name!r} needs min_clients={spec.min_clients} but PocEnv has "
                 f"{self.num_clients} client(s); use PocEnv(num_clients={spec.min_clients}) or more")
         started = time.monotonic()
-        ws = self.workspace or _workspace_root() / "poc" / f"{spec.job_name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        ws = self.workspace or workspaces.new_run_folder("poc", spec.job_name)
         ws.mkdir(parents=True, exist_ok=True)
         self._used.append(ws)
         job_dir = recipe.export(ws / "job")
         admin = None
-        try:
-            admin, _ = self.start(ws)
-            job = admin.submit(job_dir, sites=self.clients, wait_timeout=self.start_timeout)
-            done = admin.follow(job, on_log=_log_lines, timeout=self.job_timeout)
-            admin.shutdown(sites=True)
-        except AdminError as exc:
-            raise RecipeError(f"PocEnv run of {spec.job_name!r} failed: {exc}\n"
-                              f"server output:\n{_tail(ws / 'processes' / 'server.log')}") from exc
-        finally:
-            if admin is not None:
-                admin.close()
-            self.stop()
+        reporter = progress.Progress(spec.job_name, _progress_level(self.progress, "PocEnv"))
+        with progress.console(reporter.level):
+            reporter.started("PocEnv", self.num_clients, ws)
+            try:
+                admin, _ = self.start(ws)
+                job = admin.submit(job_dir, sites=self.clients, wait_timeout=self.start_timeout)
+                done = admin.follow(job, on_log=reporter.site_lines, on_progress=reporter.relay,
+                                    on_print=reporter.printed, timeout=self.job_timeout)
+                admin.shutdown(sites=True)
+            except AdminError as exc:
+                reporter.finished("failed", time.monotonic() - started, str(exc))
+                raise RecipeError(f"PocEnv run of {spec.job_name!r} failed: {exc}\n"
+                                  f"server output:\n{_tail(ws / 'processes' / 'server.log')}") from exc
+            finally:
+                if admin is not None:
+                    admin.close()
+                self.stop()
+            reporter.finished(done["status"], time.monotonic() - started, done.get("error"))
+        workspaces.release(ws)
         return _run_from_done(spec.job_name, done, ws, self.name, started)
 
 
-def _log_lines(site: str, lines: list[str]) -> None:
-    for line in lines:
-        log.debug("[%s] %s", site, line)
+def _progress_level(value: bool | str | None, env: str) -> str:
+    try:
+        return progress.level_of(value)
+    except RecipeError as exc:
+        raise RecipeError(f"{env}: {exc}") from None
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
@@ -221,12 +236,15 @@ class ProdEnv:
     """Submit a recipe to a running server with an admin kit, follow it and return its Run.
 
     ``sites`` restricts the job to those sites (default: every connected site, at least
-    ``min_clients``); log lines arrive as they happen (logger ``collab.tcp.env``, INFO)."""
+    ``min_clients``); log lines arrive as they happen (logger ``collab.tcp.env``, INFO), and the
+    console shows the job's progress as for SimEnv (``progress=``)."""
 
     name = "prod"
 
     def __init__(self, kit: str | Path | Kit, *, sites: list[str] | None = None, workspace: str | Path | None = None,
-                 wait_timeout: float = 60.0, job_timeout: float | None = None, num_clients: int | None = None):
+                 wait_timeout: float = 60.0, job_timeout: float | None = None, num_clients: int | None = None,
+                 progress: bool | str | None = None):
+        self.progress = progress if progress is None else _progress_level(progress, "ProdEnv")
         self.kit = kit if isinstance(kit, Kit) else Kit.load(kit)
         if self.kit.role != "admin":
             raise RecipeError(f"ProdEnv needs an admin kit; {self.kit.path} is a {self.kit.role} kit")
@@ -238,24 +256,31 @@ class ProdEnv:
     def deploy(self, recipe: Any) -> Run:
         spec = recipe.build_job()
         started = time.monotonic()
-        ws = self.workspace or _workspace_root() / "prod" / f"{spec.job_name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        ws = self.workspace or workspaces.new_run_folder("prod", spec.job_name)
         ws.mkdir(parents=True, exist_ok=True)
         job_dir = recipe.export(ws / "job")
         return submit_and_follow(self.kit, job_dir, ws, sites=self.sites, wait_timeout=self.wait_timeout,
-                                 job_timeout=self.job_timeout, job_name=spec.job_name, started=started)
+                                 job_timeout=self.job_timeout, job_name=spec.job_name, started=started,
+                                 progress_level=_progress_level(self.progress, "ProdEnv"))
 
 
 def submit_and_follow(kit: Kit, job_dir: Path, ws: Path, *, sites: list[str] | None, wait_timeout: float,
                       job_timeout: float | None, job_name: str, started: float | None = None,
-                      on_log=None) -> Run:
+                      on_log=None, progress_level: str = "normal") -> Run:
     started = started or time.monotonic()
+    reporter = progress.Progress(job_name, progress_level)
 
     def show(site: str, lines: list[str]) -> None:
         for line in lines:
             log.info("[%s] %s", site, line)
+        reporter.site_lines(site, lines)
 
-    with AdminClient(kit) as admin:
+    with progress.console(reporter.level), AdminClient(kit) as admin:
         job = admin.submit(job_dir, sites=sites, wait_timeout=wait_timeout)
-        log.info("submitted job %s", job)
-        done = admin.follow(job, on_log=on_log or show, timeout=job_timeout)
+        reporter.started(f"ProdEnv (job {job} on {kit.server_address})",
+                         len(sites) if sites else None, ws)
+        done = admin.follow(job, on_log=on_log or show, on_progress=reporter.relay, on_print=reporter.printed,
+                            timeout=job_timeout)
+        reporter.finished(done["status"], time.monotonic() - started, done.get("error"))
+    workspaces.release(ws)
     return _run_from_done(job_name, done, ws, "prod", started)

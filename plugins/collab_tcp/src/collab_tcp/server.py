@@ -22,13 +22,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from collab_core import tracking, wire
+from collab_core import progress, tracking, wire
 from collab_core.app import App, Interface
 from collab_core.errors import RecipeError
 from collab_core.executor import ElasticExecutor
 from collab_core.job import JobCode, pack_job, unpack_job, validate_job_config
 from collab_core.loading import JOB_FILE, check_job_name
-from collab_core.logs import capture_site_logs
+from collab_core.logs import capture_site_logs, site_prints
 from collab_core.runtime import SERVER, JobRuntime, SiteRuntime
 
 from .connection import Connection, ConnectionClosed, Heartbeats, handshake
@@ -328,6 +328,20 @@ class Server:
             followers = list(job.followers)
         for c in followers:
             self._send(c, {"t": "log", "job": job.id, "site": site, "lines": lines})
+
+    def _progress_line(self, job: JobRecord, text: str) -> None:
+        """A progress line of the job's main (already in the server's log) to its followers."""
+        with job.changed:
+            followers = list(job.followers)
+        for c in followers:
+            self._send(c, {"t": "progress", "job": job.id, "line": text})
+
+    def _print_line(self, job: JobRecord, site: str, line: str) -> None:
+        """A print() line of the job's server code (already in the server's log) to its followers."""
+        with job.changed:
+            followers = list(job.followers)
+        for c in followers:
+            self._send(c, {"t": "print", "job": job.id, "site": site, "line": line})
 
     def _route(self, job: JobRecord, target: str) -> Connection | str:
         """The connection that reaches ``target`` in ``job``, or why there is none."""
@@ -685,6 +699,8 @@ class Server:
         runtime = JobRuntime(job.name, ready, backend, {"server": server_app.interface, "client": client_interface},
                              job.workspace)
         runtime.extras["job_policy"] = code.policy
+        runtime.extras["progress"] = progress.Progress(job.name, "normal",
+                                                       on_line=lambda text: self._progress_line(job, text))
         runtime.tracking = list(code.config.get("tracking") or [])
         hub = tracking.build_hub(runtime.tracking, job.workspace / SERVER, job.name)
         if hub is not None:
@@ -694,7 +710,9 @@ class Server:
         job.call_server = CallServer(job.id, server, self.executor)
         self._set_status(job, "running")
         log.info("job %s running with sites %s", job.id, ready)
+        prints = site_prints(SERVER, prefix_sites=False, on_line=lambda site, line: self._print_line(job, site, line))
         try:
+            prints.__enter__()
             server.start()
             if server.init_error is not None:
                 raise_failed(job, f"the server's @collab.init failed: {server.init_error!r}")
@@ -711,6 +729,7 @@ class Server:
                     log.error("job %s: @collab.main failed: %r", job.id, exc)
             server.stop()
         finally:
+            prints.__exit__(None, None, None)
             job.call_server.cancel_all()
             self._end_sites(job)
             if hub is not None:

@@ -14,7 +14,7 @@ from collab_core.app import App, Interface, make_client_object
 from collab_core.executor import ElasticExecutor
 from collab_core.job import JobCode, unpack_job
 from collab_core.loading import JOB_ID_RE, check_job_name
-from collab_core.logs import FORMAT, SiteFilter
+from collab_core.logs import FORMAT, SiteFilter, site_prints
 from collab_core.runtime import JobRuntime, SiteRuntime
 
 from .connection import Connection, ConnectionClosed, dial_server
@@ -117,6 +117,7 @@ class _SiteJob:
         self.backend: TcpBackend | None = None
         self.calls: CallServer | None = None
         self.logs: _Forwarder | None = None
+        self.prints: site_prints | None = None
 
 
 class SiteAgent:
@@ -272,6 +273,7 @@ class SiteAgent:
         root.addHandler(job.logs)
         if root.level > logging.INFO:
             root.setLevel(logging.INFO)
+        job.prints = site_prints(None, prefix_sites=False).__enter__()  # print() lines reach the log
         try:
             files = msg["files"]
             if not self.kit.allow_custom_code:
@@ -331,6 +333,9 @@ class SiteAgent:
         if job.code is not None:
             job.code.unload()
             job.code = None
+        if job.prints is not None:
+            job.prints.__exit__(None, None, None)
+            job.prints = None
         if job.logs is not None:
             logging.getLogger().removeHandler(job.logs)
             job.logs.close()
