@@ -92,7 +92,7 @@ def test_fedavg_classes_under_poc(tmp_path):
     assert len(curve) == 3 and curve[-1] < curve[0] * 0.5
     ws = Path(re.search(r"workspace \(logs per site\): (.+)", out).group(1).strip())
     assert "site-2: loss" in (ws / "logs" / "site-2" / "log.txt").read_text()
-    assert "round 3: global loss" in (ws / "logs" / "server" / "log.txt").read_text()
+    assert "collab.progress: round 3/3: global_loss=" in (ws / "logs" / "server" / "log.txt").read_text()
 
 
 def test_fedavg_no_class_under_poc(tmp_path):
