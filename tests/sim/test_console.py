@@ -315,3 +315,47 @@ def test_progress_of_threads_is_thread_safe():
     for t in threads:
         t.join(30)
     assert p.calls == 800 and len(got) == 800
+
+
+JITTER_SCRIPT = """
+    import time
+    import numpy as np
+    import collab_core.client as flare
+    from collab_core import FLModel
+
+    flare.init()
+    i = int(flare.get_site_name().split("-")[1])
+    while flare.is_running():
+        task = flare.receive()
+        if task is None:
+            break
+        r = task.current_round or 0
+        time.sleep(((i * 7 + r * 3) % 5) * 0.003)
+        w = (task.params or {"w": np.zeros(300, np.float32)})["w"]
+        noise = np.random.default_rng(i * 100 + r).normal(size=w.shape).astype(np.float32)
+        flare.send(FLModel(params={"w": w + noise * np.float32(10.0 ** i)}, meta={"num_samples": 3 + i}))
+"""
+
+
+def test_fedavg_recipe_gives_the_same_bits_every_run(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(JITTER_SCRIPT))
+    recipe = FedAvgRecipe(name="bits", min_clients=5, num_rounds=4, train_script=str(script))
+    runs = [recipe.execute(SimEnv(num_clients=5, progress=False)) for _ in range(3)]
+    assert all(r.status == "finished" for r in runs), [r.error for r in runs]
+    first = runs[0].result.params["w"].tobytes()
+    assert all(r.result.params["w"].tobytes() == first for r in runs[1:])
+
+
+def test_a_failed_main_says_so_once(capsys, caplog):
+    class Broken:
+        @collab.main
+        def run(self):
+            raise ValueError("bad data")
+
+    run = CollabRecipe(job_name="broken", server=Broken(), client=Pinger()).execute(SimEnv(num_clients=1))
+    assert run.status == "failed"
+    assert run.error.count("@collab.main failed") == 1
+    assert caplog.text.count("@collab.main failed") == 1  # the logged error: one header
+    assert re.search(r"collab \| job broken failed in [0-9.]+ s: ValueError: bad data", capsys.readouterr().err)
+    assert run.log("server").count("@collab.main failed") == 1
