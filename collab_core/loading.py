@@ -225,16 +225,48 @@ def _importing() -> Iterator[None]:
         _building.importing -= 1
 
 
-def _names_after(file: str, line: int) -> list[str]:
-    """Top-level functions and classes defined after ``line`` of ``file`` (for the warning)."""
+def _names_after(file: str, line: int) -> list[tuple[str, int]]:
+    """Top-level functions and classes defined after ``line`` of ``file``: (name, line)."""
     import ast
 
     try:
         tree = ast.parse(Path(file).read_text(encoding="utf-8"))
     except (OSError, SyntaxError, ValueError):
         return []
-    return [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
-            and n.lineno > line]
+    return [(n.name, n.lineno) for n in tree.body
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n.lineno > line]
+
+
+class DefinedAfterStop:
+    """Stands in a stopped job module for a function or class the script defines after the line
+    where the import stopped: using it raises a RecipeError that names both lines and the fix
+    (instead of a NameError that says nothing about why the name is missing)."""
+
+    def __init__(self, name: str, line: int, stop: JobScriptStopped):
+        self._collab_name, self._collab_line, self._collab_stop = name, line, stop
+
+    def _fail(self, *args: Any, **kwargs: Any) -> Any:
+        stop = self._collab_stop
+        raise RecipeError(
+            f"{self._collab_name!r} is defined at line {self._collab_line} of {stop.file}, after line "
+            f"{stop.line} where the script {stop.what} at import time; a deployed process stops importing "
+            f"the script at that line, so {self._collab_name!r} does not exist there. Define it above line "
+            f"{stop.line}, or put the code that builds and runs the recipe under "
+            f"`if __name__ == \"__main__\":`"
+        )
+
+    __call__ = _fail
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return self._fail()
+
+    def __mro_entries__(self, bases: tuple) -> tuple:
+        return self._fail()
+
+    def __repr__(self) -> str:
+        return f"<{self._collab_name}: defined after the line where the job's import stopped>"
 
 
 def import_job_module(name: str, role: str = "job") -> types.ModuleType:
@@ -264,13 +296,15 @@ def import_job_module(name: str, role: str = "job") -> types.ModuleType:
     except JobScriptStopped as stop:
         module.__collab_stopped__ = stop  # type: ignore[attr-defined]
         later = _names_after(stop.file, stop.line) if stop.file == getattr(module, "__file__", None) else []
+        for later_name, later_line in later:
+            module.__dict__.setdefault(later_name, DefinedAfterStop(later_name, later_line, stop))
         log.info("job module %s: import stopped at line %d (%s at import time); it keeps what it defined "
                  "above that line", name, stop.line, stop.what)
         if later:
             log.warning(
                 "job module %s defines %s after line %d, where it %s at import time; in a deployed process "
                 "those definitions do not exist. Put the code that builds and runs the recipe under "
-                "`if __name__ == \"__main__\":`", name, ", ".join(later), stop.line, stop.what)
+                "`if __name__ == \"__main__\":`", name, ", ".join(n for n, _ in later), stop.line, stop.what)
     except ImportError as exc:
         sys.modules.pop(name, None)
         raise RecipeError(f"the job's {role} module {name!r} cannot be imported: {exc}") from exc
