@@ -152,6 +152,15 @@ class _SiteLines:
         if ctx is None or getattr(_logging_a_line, "on", False):
             return self._stream.write(text)
         key = (ctx.site_name, threading.get_ident())
+        if "\r" in text:
+            # a live progress bar (tqdm and the like) redraws its line: let it through as it is
+            with self._lock:
+                pending = self._buffers.pop(key, "")
+                try:
+                    self._stream.write(pending + text)
+                except (OSError, ValueError):
+                    pass
+            return len(text)
         with self._lock:
             pending = self._buffers.pop(key, "") + text
             *lines, rest = pending.split("\n")

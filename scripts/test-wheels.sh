@@ -3,7 +3,7 @@
 # each (scripts/build-wheels.sh), checks their contents (scripts/check-dists.sh), installs all the
 # wheels -- not editable -- into a fresh .venv-wheels, and from a folder outside the checkout (so
 # nothing of it is on sys.path) runs `collab --version`, `collab plugins`, the numpy quickstart and
-# `collab run` of its exported job folder.
+# `collab run` of its exported job folder, and the project `collab new` writes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_common.sh
@@ -55,5 +55,8 @@ cp "$ROOT/examples/quickstart/quickstart.py" .
 grep -q "^status: finished" run.txt
 "$VENV/bin/python" quickstart.py --export job --rounds 3
 "$VENV/bin/collab" run job --clients 3 | tee run.txt
+grep -q "^status: finished" run.txt
+"$VENV/bin/collab" new newproject
+(cd newproject && "$VENV/bin/python" job.py --rounds 2 | tee ../run.txt)
 grep -q "^status: finished" run.txt
 echo "wheels: passed in $((SECONDS - START)) s"

@@ -359,3 +359,19 @@ def test_a_failed_main_says_so_once(capsys, caplog):
     assert caplog.text.count("@collab.main failed") == 1  # the logged error: one header
     assert re.search(r"collab \| job broken failed in [0-9.]+ s: ValueError: bad data", capsys.readouterr().err)
     assert run.log("server").count("@collab.main failed") == 1
+
+
+def test_a_progress_bar_redrawing_its_line_passes_through(capsys):
+    class Bar:
+        @collab.main
+        def run(self):
+            import sys
+
+            for i in range(3):
+                sys.stderr.write(f"\rbar {i}/3")
+                sys.stderr.flush()
+            sys.stderr.write("\n")
+            return 1
+
+    CollabRecipe(job_name="bar", server=Bar(), client=Pinger()).execute(SimEnv(num_clients=1, progress=False))
+    assert "\rbar 0/3\rbar 1/3\rbar 2/3" in capsys.readouterr().err
