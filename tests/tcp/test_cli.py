@@ -136,6 +136,12 @@ def test_provision_server_sites_status_submit_prodenv_and_sigterm(tmp_path):
             assert run.result["sites"] == ["site-2"] and np.array_equal(run.result["w"], np.full(4, 2.0, np.float32))
             assert run.env == "prod"
         assert [j["status"] for j in status()["jobs"]] == ["finished"] * 3
+        # collab run --env prod --kit: the same job folder through the generic run command
+        ran = run_cli(["run", str(tmp_path / "job"), "--env", "prod", "--kit", str(admin_kit), "--json"], timeout=120)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert json.loads(ran.stdout)["status"] == "finished"
+        assert "collab | job cli-job: ProdEnv (job " in ran.stderr and "collab | job cli-job finished in" in ran.stderr
+        assert [j["status"] for j in status()["jobs"]] == ["finished"] * 4
         assert all(p.poll() is None for p in procs.values())
     finally:
         t0 = time.monotonic()
