@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .app import mark
 from .calls import Group, Proxy
-from .context import current
+from .context import RESULT_PROP, CallContext, current
 
 F = TypeVar("F", bound=Callable)
 
@@ -70,6 +70,61 @@ class _Collab:
     @property
     def job_name(self) -> str:
         return current().job.job_name
+
+    # -- app properties (the recipe's set_server_prop / set_client_prop / set_per_site_config) -----
+
+    def get_app_prop(self, name: str, default: Any = None) -> Any:
+        """This site's app property ``name``: set by the recipe (the server's props on the server;
+        on a client the client props, overridden by that site's per-site config), or by
+        :meth:`set_app_prop` on this site."""
+        return current().app_props.get(name, default)
+
+    def set_app_prop(self, name: str, value: Any) -> None:
+        """Set an app property on this site only (other sites do not see it); every later call on
+        this site reads it."""
+        current().app_props[name] = value
+
+    # -- the call context ---------------------------------------------------------------------------
+
+    @property
+    def context(self) -> CallContext:
+        """The context of the running code: ``caller``, ``callee``, ``site``, ``method``,
+        ``is_aborted``, ``props``. A decorated function can also declare a parameter ``context``."""
+        return current().get_call_context()
+
+    @property
+    def caller(self) -> str:
+        """The site that made the call being served (the site itself in init, main and final)."""
+        return self.context.caller
+
+    @property
+    def callee(self) -> str:
+        """The site serving the call: this site."""
+        return self.context.callee
+
+    @property
+    def call_info(self) -> str:
+        """``"<site>:<caller>=><callee>"``, e.g. ``"site-1:server=>site-1"`` (for log lines)."""
+        return str(self.context)
+
+    def get_prop(self, name: str, default: Any = None) -> Any:
+        """A property of the current call context (see :meth:`set_prop`)."""
+        return self.context.get_prop(name, default)
+
+    def set_prop(self, name: str, value: Any) -> None:
+        """Set a property of the current call context: seen by the rest of this call's code on this
+        site, not by other calls or sites. In @collab.init, @collab.main and @collab.final the
+        context is the site's own, shared by the three."""
+        self.context.set_prop(name, value)
+
+    def get_result(self, default: Any = None) -> Any:
+        """On the server, after @collab.main returned (in @collab.final): main's result."""
+        return self.context.get_prop(RESULT_PROP, default)
+
+    @property
+    def backend_type(self) -> str:
+        """Which setting runs this code: ``"sim"``, ``"poc"``, ``"prod"``, or a plugin's name."""
+        return current().job.backend_type
 
     def __repr__(self) -> str:
         ctx = current(required=False)

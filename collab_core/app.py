@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import types
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,8 @@ from .errors import CallValidationError, RecipeError
 
 ROLE_ATTR = "__collab_role__"
 ROLES = ("main", "publish", "init", "final")
+#: a decorated function that declares a parameter of this name receives the call context there
+CONTEXT_PARAM = "context"
 
 
 class _Default:
@@ -93,6 +96,59 @@ def _definitions(obj: Any) -> list[tuple[str, str]]:
             elif name in found:
                 del found[name]  # overridden without the decorator: no longer published
     return list(found.items())
+
+
+def _signature(fn: Callable) -> inspect.Signature:
+    return inspect.signature(fn)
+
+
+_takes_context: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def takes_context(fn: Callable) -> bool:
+    """Whether ``fn`` declares a (non-variadic) parameter named ``context``."""
+    key = getattr(fn, "__func__", fn)
+    try:
+        return _takes_context[key]
+    except (KeyError, TypeError):
+        pass
+    try:
+        p = _signature(fn).parameters.get(CONTEXT_PARAM)
+    except (TypeError, ValueError):
+        p = None
+    found = p is not None and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    try:
+        _takes_context[key] = found
+    except TypeError:  # not weak-referenceable: look it up each time
+        pass
+    return found
+
+
+def public_signature(fn: Callable) -> inspect.Signature:
+    """``fn``'s signature as callers see it: without the injected ``context`` parameter."""
+    sig = _signature(fn)
+    if not takes_context(fn):
+        return sig
+    return sig.replace(parameters=[p for p in sig.parameters.values() if p.name != CONTEXT_PARAM])
+
+
+def call_with_context(fn: Callable, context: Any, args: tuple, kwargs: dict) -> Any:
+    """Call ``fn(*args, **kwargs)``, passing ``context`` as its ``context`` parameter if it declares
+    one (wherever it stands in the parameter list)."""
+    if not takes_context(fn):
+        return fn(*args, **kwargs)
+    if CONTEXT_PARAM in kwargs:
+        raise CallValidationError(f"{fn.__qualname__}: 'context' is given by collab, not by the caller")
+    full = _signature(fn)
+    bound = public_signature(fn).bind(*args, **kwargs)
+    arguments = {}
+    for name in full.parameters:
+        if name == CONTEXT_PARAM:
+            arguments[name] = context
+        elif name in bound.arguments:
+            arguments[name] = bound.arguments[name]
+    call = inspect.BoundArguments(full, arguments)  # type: ignore[arg-type]
+    return fn(*call.args, **call.kwargs)
 
 
 def describe(obj: Any) -> str:
@@ -190,10 +246,11 @@ class App:
                     f"a server app has exactly one"
                 )
             self.main = mains[0]
-            if inspect.signature(self.main).parameters:
+            if public_signature(self.main).parameters:
                 raise RecipeError(
                     f"@collab.main {self.main.__qualname__}{inspect.signature(self.main)} must take no "
-                    f"arguments (besides self); pass settings to the server's constructor instead"
+                    f"arguments (besides self, and `context` if it wants the call context); pass "
+                    f"settings to the server's constructor instead"
                 )
         elif mains and not self.is_module:  # one module may hold both sides (module-level pattern)
             raise RecipeError(
@@ -202,7 +259,7 @@ class App:
             )
         self.interface = Interface(
             owner=f"the {role} ({describe(obj)})",
-            methods={name: inspect.signature(fn) for name, fn in self.publish.items()},
+            methods={name: public_signature(fn) for name, fn in self.publish.items()},
         )
 
     def method(self, name: str) -> Callable:

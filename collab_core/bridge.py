@@ -253,7 +253,7 @@ class ScriptClient:
                 ctx = current()
                 script = resolve_script(self.train_script)
                 self._bridge = _InProcessBridge(ctx.site_name, script, script_argv(script, self.script_args))
-                self._bridge.start(SiteContext(ctx.site_name, ctx.job, ctx.workspace, None))
+                self._bridge.start(SiteContext(ctx.site_name, ctx.job, ctx.workspace, None, app_props=ctx.app_props))
             return self._bridge
 
     @collab.publish

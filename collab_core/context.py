@@ -7,7 +7,7 @@ import contextvars
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -15,6 +15,49 @@ from .errors import CollabError
 
 if TYPE_CHECKING:
     from .runtime import CancelFlag, JobRuntime
+
+
+#: the per-call property under which the server's @collab.main result is kept (collab.get_result())
+RESULT_PROP = "__result__"
+
+
+@attrs.define(eq=False)
+class CallContext:
+    """The context of the code running now on a site: the call it serves (``caller`` asked
+    ``callee`` to run ``method``) and the properties of that call.
+
+    A published method gets a fresh one per call; a site's @collab.init, @collab.main and
+    @collab.final share one (caller and callee are the site itself), so a value set with
+    ``collab.set_prop`` in @collab.init is seen by @collab.final, and the server's @collab.final
+    sees main's result (``collab.get_result()``). ``str(context)`` is ``"<site>:<caller>=><callee>"``.
+    A function declaring a parameter named ``context`` receives it.
+    """
+
+    site: str
+    caller: str
+    callee: str
+    job: JobRuntime
+    method: str | None = None
+    props: dict[str, Any] = attrs.field(factory=dict)
+    cancelled: CancelFlag | None = None
+
+    @property
+    def is_aborted(self) -> bool:
+        """True when the job is aborting or this call was cancelled or timed out at its caller."""
+        return self.job.aborted.is_set() or (self.cancelled is not None and self.cancelled.is_set())
+
+    @property
+    def backend_type(self) -> str:
+        return self.job.backend_type
+
+    def get_prop(self, name: str, default: Any = None) -> Any:
+        return self.props.get(name, default)
+
+    def set_prop(self, name: str, value: Any) -> None:
+        self.props[name] = value
+
+    def __str__(self) -> str:
+        return f"{self.site}:{self.caller}=>{self.callee}"
 
 
 @attrs.define(eq=False)
@@ -26,6 +69,16 @@ class SiteContext:
     workspace: Path
     #: set when the current call is cancelled or timed out at its caller
     call_cancelled: CancelFlag | None = None
+    #: this site's app properties (shared by every call on the site; collab.get_app_prop)
+    app_props: dict[str, Any] = attrs.field(factory=dict)
+    #: the call being served, or the site's lifecycle context (init/main/final)
+    call_context: CallContext | None = None
+
+    def get_call_context(self) -> CallContext:
+        if self.call_context is None:
+            self.call_context = CallContext(self.site_name, self.site_name, self.site_name, self.job,
+                                            cancelled=self.call_cancelled)
+        return self.call_context
 
     @property
     def is_server(self) -> bool:

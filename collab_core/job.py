@@ -41,6 +41,7 @@ from .loading import (
     set_build_policy,
     validate_job_config,
 )
+from .props import PROP_KEYS, validate_props_config
 from .recipe import CollabRecipe, RecipeBase
 from .run import Run
 
@@ -216,6 +217,9 @@ def export_job(recipe: RecipeBase, path: Path) -> Path:
         "tracking": list(spec.tracking),
         "code": sorted(sources),
     }
+    for key in PROP_KEYS:  # optional keys: jobs without properties look as they always did
+        if (spec.props or {}).get(key):
+            config[key] = spec.props[key]
     (path / JOB_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return path
 
@@ -229,7 +233,9 @@ def read_job_config(path: str | Path) -> dict[str, Any]:
         config = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RecipeError(f"{file} is not valid JSON: {exc}") from None
-    return validate_job_config(config, str(file))
+    config = validate_job_config(config, str(file))
+    config["props"] = validate_props_config(config, str(file))
+    return config
 
 
 def load_job(path: str | Path) -> CollabRecipe:
@@ -249,6 +255,13 @@ def load_job(path: str | Path) -> CollabRecipe:
         required_plugins=config.get("required_plugins", ()),
         tracking=config.get("tracking") or None,
     )
+    props = config["props"]
+    for name, value in props["server_props"].items():
+        recipe.set_server_prop(name, value)
+    for name, value in props["client_props"].items():
+        recipe.set_client_prop(name, value)
+    if props["per_site_config"]:
+        recipe.set_per_site_config(props["per_site_config"])
     return recipe
 
 

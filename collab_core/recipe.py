@@ -3,6 +3,7 @@ environment can execute and that can be exported to a job folder."""
 
 from __future__ import annotations
 
+import copy
 import sys
 import types
 from collections.abc import Iterable
@@ -14,6 +15,7 @@ import attrs
 from .app import App, describe
 from .errors import RecipeError
 from .loading import check_job_name, stop_if_loading_job
+from .props import check_json_value, check_per_site_config, check_prop_name, empty_props
 from .registry import check_required_plugins
 from .run import Run
 
@@ -30,6 +32,8 @@ class JobSpec:
     required_plugins: tuple[str, ...]
     recipe_class: str
     tracking: tuple[dict[str, Any], ...] = ()
+    #: {"server_props", "client_props", "per_site_config"} (JSON data; see collab_core.props)
+    props: dict[str, dict[str, Any]] = attrs.field(factory=dict)
 
 
 class Environment(Protocol):
@@ -90,6 +94,8 @@ class RecipeBase:
                 self.add_tracking(entry["name"], **entry["options"])
         self.client = self._make_client(client, train_script, script_args, launch_external_process, command,
                                         subprocess_timeout)
+        self._props = empty_props()
+        self._per_site_set = False
 
     # -- the parts a recipe author writes ---------------------------------------------------------
 
@@ -168,6 +174,46 @@ class RecipeBase:
         self.required_plugins = tuple(dict.fromkeys((*self.required_plugins, requirement)))
         return self
 
+    # -- properties and per-site configuration -------------------------------------------------
+
+    def _props_of(self) -> dict[str, dict[str, Any]]:
+        if not hasattr(self, "_props"):  # a subclass that did not call RecipeBase.__init__
+            self._props = empty_props()
+            self._per_site_set = False
+        return self._props
+
+    def set_server_prop(self, name: str, value: Any) -> RecipeBase:
+        """Give the server app the property ``name`` (JSON data): ``collab.get_app_prop(name)``."""
+        check_prop_name(name)
+        self._props_of()["server_props"][name] = check_json_value(value, f"server prop {name!r}")
+        return self
+
+    def set_client_prop(self, name: str, value: Any) -> RecipeBase:
+        """Give every client app the property ``name`` (JSON data); a site's per-site config
+        overrides it on that site."""
+        check_prop_name(name)
+        self._props_of()["client_props"][name] = check_json_value(value, f"client prop {name!r}")
+        return self
+
+    def set_per_site_config(self, config: dict[str, dict[str, Any]]) -> RecipeBase:
+        """Give each named client site its own properties, e.g. ``{"site-1": {"data_path": ...}}``:
+        on that site they override the client props (``collab.get_app_prop``). Set once per recipe;
+        a site the run does not have is reported with a warning when the job starts."""
+        props = self._props_of()
+        if self._per_site_set:
+            raise RecipeError("set_per_site_config was already called for this recipe; pass every site's "
+                              "config in one dict")
+        checked = check_per_site_config(config)
+        if not checked:
+            raise RecipeError("set_per_site_config got an empty dict; pass {site name: {name: value}}")
+        props["per_site_config"] = checked
+        self._per_site_set = True
+        return self
+
+    def configured_sites(self) -> list[str]:
+        """The site names the per-site config describes (in the order given)."""
+        return list(self._props_of()["per_site_config"])
+
     # -- running ----------------------------------------------------------------------------------
 
     def build_job(self) -> JobSpec:
@@ -189,6 +235,7 @@ class RecipeBase:
             required_plugins=self.required_plugins,
             recipe_class=f"{type(self).__module__}:{type(self).__qualname__}",
             tracking=tuple(self.tracking),
+            props=copy.deepcopy(self._props_of()),
         )
 
     def check(self) -> None:

@@ -19,9 +19,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
+from . import props as _props
 from . import tracking
-from .app import App, Interface
-from .context import SiteContext, active
+from .app import App, Interface, call_with_context
+from .context import RESULT_PROP, CallContext, SiteContext, active
 from .errors import CollabCallError, CollabError
 
 log = logging.getLogger("collab.runtime")
@@ -119,6 +120,10 @@ class JobRuntime:
         self.tracking: list[dict[str, Any]] = []
         #: per-job state of plugins and services (tracking buffers, the tracking hub, ...)
         self.extras: dict[str, Any] = {}
+        #: the recipe's properties: {"server_props", "client_props", "per_site_config"}
+        self.props: dict[str, dict[str, Any]] = _props.empty_props()
+        #: which setting runs the job (collab.backend_type): "sim", "poc", "prod" or a plugin's name
+        self.backend_type = "sim"
 
     def interface_of(self, site: str) -> Interface:
         return self.interfaces["server" if site == self.server_name else "client"]
@@ -138,15 +143,25 @@ class SiteRuntime:
         self.app = app
         self.workspace = job.workspace / site_name
         self.workspace.mkdir(parents=True, exist_ok=True)
-        self.context = SiteContext(site_name=site_name, job=job, workspace=self.workspace)
+        app_props = _props.site_props(job.props, site_name, site_name == job.server_name)
+        #: init, main and final share this call context (and so its props: collab.get_result())
+        self.lifecycle = CallContext(site_name, site_name, site_name, job)
+        self.context = SiteContext(site_name=site_name, job=job, workspace=self.workspace, app_props=app_props,
+                                   call_context=self.lifecycle)
         self.init_error: BaseException | None = None
         self.log = logging.getLogger("collab.site")
 
-    def _run_in_context(self, fn: Callable, *args: Any, cancelled: CancelFlag | None = None, **kwargs: Any) -> Any:
+    def _run_in_context(self, fn: Callable, args: tuple = (), kwargs: dict | None = None,
+                        call: Call | None = None) -> Any:
         c = self.context
-        ctx = c if cancelled is None else SiteContext(c.site_name, c.job, c.workspace, cancelled)
+        if call is None:
+            ctx, cc = c, self.lifecycle
+        else:
+            cc = CallContext(self.site_name, call.caller, self.site_name, self.job, method=call.method,
+                             cancelled=call.cancelled)
+            ctx = SiteContext(c.site_name, c.job, c.workspace, call.cancelled, app_props=c.app_props, call_context=cc)
         with active(ctx):
-            return fn(*args, **kwargs)
+            return call_with_context(fn, cc, args, kwargs or {})
 
     def start(self) -> None:
         """Run the @init callables in definition order; a failure marks the site failed."""
@@ -187,7 +202,7 @@ class SiteRuntime:
             return None
         fn = self.app.method(call.method)
         try:
-            return self._run_in_context(fn, *call.args, cancelled=call.cancelled, **call.kwargs)
+            return self._run_in_context(fn, call.args, call.kwargs, call=call)
         finally:
             # the call's records reach the server before its result reaches the caller
             if "tracking_buffers" in self.job.extras:
@@ -196,4 +211,6 @@ class SiteRuntime:
 
     def run_main(self) -> Any:
         assert self.app.main is not None
-        return self._run_in_context(self.app.main)
+        result = self._run_in_context(self.app.main)
+        self.lifecycle.set_prop(RESULT_PROP, result)  # the server's @collab.final: collab.get_result()
+        return result

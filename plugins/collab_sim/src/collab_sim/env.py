@@ -11,7 +11,7 @@ from concurrent.futures import wait
 from pathlib import Path
 from typing import Any
 
-from collab_core import progress, tracking, workspaces
+from collab_core import progress, props, tracking, workspaces
 from collab_core.app import App, make_client_object
 from collab_core.errors import RecipeError
 from collab_core.executor import ElasticExecutor
@@ -119,6 +119,8 @@ class SimEnv:
             workspace, default_timeout=self.call_timeout,
         )
         job.tracking = list(spec.tracking)
+        job.props = {**props.empty_props(), **(spec.props or {})}
+        job.backend_type = self.name
         reporter = progress.Progress(spec.job_name, _progress_level(self.progress))
         job.extras["progress"] = reporter
         hub = tracking.build_hub(job.tracking, workspace / SERVER, spec.job_name)
@@ -134,6 +136,7 @@ class SimEnv:
                 site_prints(SERVER):
             log.debug("job %s starting on SimEnv with %d clients, workspace %s", spec.job_name, self.num_clients, workspace)
             reporter.started("SimEnv", self.num_clients, workspace)
+            props.warn_unknown_sites(job.props, self.clients, spec.job_name)
             try:
                 wait([executor.submit(s.start) for s in sites.values()])
                 ready = [n for n, s in sites.items() if s.init_error is None]

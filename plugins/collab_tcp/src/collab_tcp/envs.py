@@ -95,7 +95,7 @@ class PocEnv:
         """Start a collab process that stops by itself when this process dies (lifeline pipe)."""
         out = ws / "processes" / f"{name}.log"
         out.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", COLLAB_BACKEND_TYPE="poc")  # collab.backend_type
         if self._lifeline is None:
             self._lifeline = new_lifeline()
         read_end = self._lifeline[0]

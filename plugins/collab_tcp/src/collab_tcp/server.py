@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import queue
 import shutil
 import socket
@@ -22,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from collab_core import progress, tracking, wire
+from collab_core import progress, props, tracking, wire
 from collab_core.app import App, Interface
 from collab_core.errors import RecipeError
 from collab_core.executor import ElasticExecutor
@@ -481,6 +482,7 @@ class Server:
             except (TypeError, ValueError) as exc:
                 raise RecipeError(f"{JOB_FILE} is not valid JSON: {exc}") from None
             validate_job_config(config)
+            props.validate_props_config(config, JOB_FILE)
             name = check_job_name(config["job_name"])
             sites = msg.get("sites")
             if sites is not None and (not isinstance(sites, list) or not all(isinstance(x, str) for x in sites)):
@@ -671,7 +673,9 @@ class Server:
     def _deploy_and_run(self, job: JobRecord, code: JobCode, server_app: App, min_clients: int, handler) -> None:
         job.deploy_info = {"t": "deploy", "job": job.id, "name": job.name, "participants": job.participants,
                            "server_interface": server_app.interface.to_wire(),
-                           "tracking": code.config.get("tracking") or []}
+                           "tracking": code.config.get("tracking") or [],
+                           "props": code.config.get("props") or props.empty_props(),
+                           "backend_type": os.environ.get("COLLAB_BACKEND_TYPE") or "prod"}
         self._deploy_to(job, job.participants)
         self._wait(job, lambda: set(job.ready) >= set(job.participants)
                    or not set(job.participants) - set(job.ready) & set(self._connected()), job.deploy_timeout)
@@ -702,6 +706,9 @@ class Server:
         runtime.extras["progress"] = progress.Progress(job.name, "normal",
                                                        on_line=lambda text: self._progress_line(job, text))
         runtime.tracking = list(code.config.get("tracking") or [])
+        runtime.props = job.deploy_info["props"]
+        runtime.backend_type = job.deploy_info["backend_type"]
+        props.warn_unknown_sites(runtime.props, ready, job.name, log)
         hub = tracking.build_hub(runtime.tracking, job.workspace / SERVER, job.name)
         if hub is not None:
             runtime.extras["tracking_hub"] = hub

@@ -15,6 +15,7 @@ from collab_core.executor import ElasticExecutor
 from collab_core.job import JobCode, unpack_job
 from collab_core.loading import JOB_ID_RE, check_job_name
 from collab_core.logs import FORMAT, SiteFilter, site_prints
+from collab_core.props import validate_props_config
 from collab_core.runtime import JobRuntime, SiteRuntime
 
 from .connection import Connection, ConnectionClosed, dial_server
@@ -294,6 +295,11 @@ class SiteAgent:
                                      {"server": server_interface, "client": app.interface}, job.folder / "workspace")
             job.runtime.extras["job_policy"] = job.code.policy
             job.runtime.tracking = list(msg.get("tracking") or [])
+            job.runtime.props = validate_props_config(msg.get("props") or {}, "the deploy message")
+            backend_type = msg.get("backend_type") or "prod"
+            if not isinstance(backend_type, str):
+                raise ValueError("malformed deploy: backend_type must be a string")
+            job.runtime.backend_type = backend_type
             job.site = SiteRuntime(job.runtime, self.name, app)
             job.site.start()
             if job.site.init_error is not None:

@@ -121,7 +121,9 @@ class SubprocessClient:
         from collab_core.context import current
 
         spec: dict[str, Any] = {"job": collab.job_name, "workspace": str(ctx_ws), "sys_path": [p for p in sys.path if p],
-                                "tracking": bool(current().job.tracking)}
+                                "tracking": bool(current().job.tracking),
+                                # the site's app properties as the group starts, and its setting
+                                "app_props": dict(current().app_props), "backend_type": current().job.backend_type}
         if self.train_script:
             from collab_core.bridge import resolve_script, script_argv
 
@@ -151,7 +153,7 @@ class SubprocessClient:
 
     def _call(self, method: str, args: tuple, kwargs: dict) -> Any:
         group = self._live_group()
-        msg = {"t": "call", "method": method, "args": list(args), "kwargs": kwargs}
+        msg = {"t": "call", "method": method, "args": list(args), "kwargs": kwargs, "caller": collab.caller}
         got = group.request({r: msg for r in group.ranks}, set(group.ranks), lambda: collab.is_aborted)
         for rank in sorted(got):
             if not got[rank].get("ok"):

@@ -197,7 +197,11 @@ def _site_context(spec: dict) -> None:
     from collab_core.runtime import JobRuntime
 
     job = JobRuntime(spec.get("job", "job"), [spec["site"]], _NoCalls(), {}, Path(spec.get("workspace", ".")))
-    context.set_process_default(context.SiteContext(spec["site"], job, Path(spec.get("workspace", "."))))
+    job.backend_type = str(spec.get("backend_type") or "sim")
+    app_props = dict(spec.get("app_props") or {})  # the site's own, already merged: its SiteRuntime starts with them
+    job.props = {"server_props": {}, "client_props": app_props, "per_site_config": {}}
+    context.set_process_default(context.SiteContext(spec["site"], job, Path(spec.get("workspace", ".")),
+                                                    app_props=dict(app_props)))
 
 
 def _watch_parent(conn: Any) -> None:
@@ -287,7 +291,7 @@ def serve_module(spec: dict, conn: Any, inbox: queue.Queue, rank: int) -> int:
             return 0
         if msg["t"] != "call":
             continue
-        call = Call(caller=spec["site"], target=spec["site"], method=msg["method"], args=tuple(msg["args"]),
+        call = Call(caller=str(msg.get("caller") or spec["site"]), target=spec["site"], method=msg["method"], args=tuple(msg["args"]),
                     kwargs=msg["kwargs"])
         running[msg["id"]] = call
         try:
