@@ -320,7 +320,7 @@ def test_collab_plugins_json_command():
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     by_name = {p["name"]: p for p in data}
-    assert by_name["collab-core"]["components"]["command"] == ["plugins", "recipes", "run"]
+    assert by_name["collab-core"]["components"]["command"] == ["clean", "new", "plugins", "recipes", "run"]
     assert by_name["collab-core"]["components"]["recipe"] == ["cyclic", "fedavg", "split-learning", "swarm"]
     if not CORE_ONLY:
         assert by_name["collab-sim"]["components"] == {"backend": ["inproc"], "environment": ["sim"]}
@@ -334,7 +334,7 @@ def test_collab_plugins_table_command():
     lines = out.stdout.splitlines()
     assert lines[0].split()[:4] == ["PLUGIN", "DISTRIBUTION", "VERSION", "REGISTERS"]
     assert lines[1].startswith("collab-core")
-    assert "command: plugins, recipes, run" in lines[1]
+    assert "command: clean, new, plugins, recipes, run" in lines[1]
 
 
 def test_cli_reports_broken_plugin_cleanly(installed_distribution, tmp_path):
