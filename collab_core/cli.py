@@ -104,6 +104,7 @@ def _parse_recipe_args(pairs: list[str]) -> dict:
 def _run_named_recipe(args: argparse.Namespace, options: dict):
     """``collab run --recipe fedavg --arg train_script=train.py ...``: build the named recipe
     from the installed ones, export it to the run's workspace and run it like a job folder."""
+    import shutil
     import tempfile
     from pathlib import Path
 
@@ -119,8 +120,12 @@ def _run_named_recipe(args: argparse.Namespace, options: dict):
     except TypeError as exc:
         raise CollabError(f"recipe {args.recipe!r}: {exc}; see its arguments with "
                           f"`python -c \"help({cls.__module__}.{cls.__qualname__})\"`") from None
-    job = recipe.export(Path(tempfile.mkdtemp(prefix=f"collab-{args.recipe}-")) / "job")
-    return run_job_folder(job, env=args.env, num_clients=args.clients, workspace=args.workspace, **options)
+    folder = Path(tempfile.mkdtemp(prefix=f"collab-{args.recipe}-"))
+    try:
+        job = recipe.export(folder / "job")
+        return run_job_folder(job, env=args.env, num_clients=args.clients, workspace=args.workspace, **options)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _recipes_run(args: argparse.Namespace) -> int:

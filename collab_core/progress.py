@@ -42,13 +42,14 @@ FAILED_LINES_PER_INTERVAL = 5
 log = logging.getLogger(LOGGER)
 
 
-def level_of(value: Any = None) -> str:
-    """The progress level for an env option: None reads ``$COLLAB_PROGRESS`` (default "normal")."""
+def level_of(value: Any = None, owner: str | None = None) -> str:
+    """The progress level for an env option: None reads ``$COLLAB_PROGRESS`` (default "normal").
+    ``owner`` (e.g. "SimEnv") starts the error message."""
     if value is None:
         value = os.environ.get("COLLAB_PROGRESS") or "normal"
         where = "COLLAB_PROGRESS"
     else:
-        where = "progress"
+        where = f"{owner}: progress" if owner else "progress"
     if value is True:
         return "normal"
     if value is False:
@@ -206,7 +207,6 @@ class _ConsoleHandler(logging.StreamHandler):
     def __init__(self, stream: IO[str], level: str):
         super().__init__(stream)
         self.setLevel(logging.INFO)
-        self.verbose = level == "verbose"
         self.addFilter(SiteFilter())
         self.setFormatter(logging.Formatter("collab | %(message)s"))
         self._site_fmt = logging.Formatter("collab | [%(site)s] %(levelname)s %(name)s: %(message)s")
@@ -241,7 +241,7 @@ class console:
         self.level = level_of(level)
         self.stream = stream
         self._handler: _ConsoleHandler | None = None
-        self._old: tuple[int, bool] | None = None
+        self._old: int | None = None  # the target logger's level before
 
     def __enter__(self) -> console:
         if self.level == "off" or _root_prints_info():
@@ -250,7 +250,7 @@ class console:
         target = logging.getLogger() if self.level == "verbose" else logging.getLogger(LOGGER)
         self._target = target
         if target.level == logging.NOTSET or target.level > logging.INFO:
-            self._old = (target.level, True)
+            self._old = target.level
             target.setLevel(logging.INFO)
         target.addHandler(self._handler)
         return self
@@ -260,19 +260,5 @@ class console:
             return
         self._target.removeHandler(self._handler)
         if self._old is not None:
-            self._target.setLevel(self._old[0])
+            self._target.setLevel(self._old)
         self._handler = None
-
-    def show(self, message: str) -> None:
-        """Print a line the way progress lines look (for lines that arrive from another process)."""
-        if self._handler is not None:
-            self._handler.acquire()
-            try:
-                self._handler.stream.write(f"collab | {message}\n")
-                self._handler.flush()
-            finally:
-                self._handler.release()
-
-    @property
-    def active(self) -> bool:
-        return self._handler is not None

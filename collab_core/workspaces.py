@@ -2,7 +2,7 @@
 
 A run without ``workspace=`` gets a new folder under ``<root>/<kind>/`` (kind: sim, poc, prod),
 ``<root>`` being ``$COLLAB_WORKSPACE_ROOT`` or ``<tempdir>/collab``. Each new run keeps the
-newest ``$COLLAB_KEEP_RUNS`` (default 20) folders of its kind and removes older ones; a folder
+newest ``$COLLAB_KEEP_RUNS`` (default 20; 0: never prune) folders of its kind and removes older ones; a folder
 whose run is still going (its ``.collab-run`` names a live process) is never removed, nor is
 anything that is not a run folder (e.g. ``<root>/mlflow``, the shared MLflow store).
 ``collab clean`` does the same on demand (``--keep 0`` removes every finished run).
@@ -64,7 +64,8 @@ def new_run_folder(kind: str, job_name: str) -> Path:
     finished runs of the same kind beyond ``keep_runs()`` are removed first."""
     base = root() / kind
     base.mkdir(parents=True, exist_ok=True)
-    prune(kind, max(keep_runs() - 1, 0) if keep_runs() else None)
+    keep = keep_runs()
+    prune(kind, keep - 1 if keep else None)  # with the new run, `keep` runs; 0: keep all
     path = base / f"{job_name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     path.mkdir(parents=True)
     (path / MARKER).write_text(f"{os.getpid()}\n")

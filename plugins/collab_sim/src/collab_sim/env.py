@@ -16,6 +16,7 @@ from collab_core.app import App, make_client_object
 from collab_core.errors import RecipeError
 from collab_core.executor import ElasticExecutor
 from collab_core.logs import capture_site_logs, site_prints
+from collab_core.progress import level_of as progress_level
 from collab_core.registry import get_registry
 from collab_core.run import Run
 from collab_core.runtime import SERVER, JobRuntime, SiteRuntime
@@ -23,10 +24,6 @@ from collab_core.runtime import SERVER, JobRuntime, SiteRuntime
 from .backend import ISOLATION_MODES
 
 log = logging.getLogger("collab.sim")
-
-
-def default_workspace_root() -> Path:
-    return workspaces.root()
 
 
 class SimEnv:
@@ -85,7 +82,7 @@ class SimEnv:
         self.log_level = logging.getLevelName(log_level) if isinstance(log_level, str) else log_level
         if not isinstance(self.log_level, int):
             raise RecipeError(f"log_level must be a logging level (e.g. 'INFO' or logging.DEBUG), got {log_level!r}")
-        self.progress = progress if progress is None else _progress_level(progress)
+        self.progress = progress if progress is None else progress_level(progress, "SimEnv")
         #: how long the end of a job waits for @collab.final functions and cancelled calls
         self.final_timeout = 30.0
 
@@ -121,7 +118,7 @@ class SimEnv:
         job.tracking = list(spec.tracking)
         job.props = {**props.empty_props(), **(spec.props or {})}
         job.backend_type = self.name
-        reporter = progress.Progress(spec.job_name, _progress_level(self.progress))
+        reporter = progress.Progress(spec.job_name, progress_level(self.progress, "SimEnv"))
         job.extras["progress"] = reporter
         hub = tracking.build_hub(job.tracking, workspace / SERVER, spec.job_name)
         if hub is not None:
@@ -180,13 +177,6 @@ class SimEnv:
             job_name=spec.job_name, status=status, result=result, error=error, workspace=workspace,
             logs=logs, env=self.name, duration_s=time.monotonic() - started, tracking=tracking_report,
         )
-
-
-def _progress_level(value: bool | str | None) -> str:
-    try:
-        return progress.level_of(value)
-    except RecipeError as exc:
-        raise RecipeError(f"SimEnv: {exc}") from None
 
 
 def _format(exc: BaseException, what: str) -> str:

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -25,10 +24,6 @@ from .admin import AdminClient, AdminError
 from .kit import Kit, provision
 
 log = logging.getLogger("collab.tcp.env")
-
-
-def _workspace_root() -> Path:
-    return Path(os.environ.get("COLLAB_WORKSPACE_ROOT") or Path(tempfile.gettempdir()) / "collab")
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -67,7 +62,7 @@ class PocEnv:
                  workspace: str | Path | None = None, start_timeout: float = 60.0,
                  job_timeout: float | None = None, heartbeat: float = 1.0, dead_after: float = 30.0,
                  progress: bool | str | None = None):
-        self.progress = progress if progress is None else _progress_level(progress, "PocEnv")
+        self.progress = progress if progress is None else progress.level_of(progress, "PocEnv")
         if clients is None:
             if not isinstance(num_clients, int) or isinstance(num_clients, bool) or num_clients < 1:
                 raise RecipeError(f"PocEnv needs num_clients >= 1 (or clients=[names]), got {num_clients!r}")
@@ -196,7 +191,7 @@ class PocEnv:
         self._used.append(ws)
         job_dir = recipe.export(ws / "job")
         admin = None
-        reporter = progress.Progress(spec.job_name, _progress_level(self.progress, "PocEnv"))
+        reporter = progress.Progress(spec.job_name, progress.level_of(self.progress, "PocEnv"))
         with progress.console(reporter.level):
             reporter.started("PocEnv", self.num_clients, ws)
             try:
@@ -218,13 +213,6 @@ class PocEnv:
         return _run_from_done(spec.job_name, done, ws, self.name, started)
 
 
-def _progress_level(value: bool | str | None, env: str) -> str:
-    try:
-        return progress.level_of(value)
-    except RecipeError as exc:
-        raise RecipeError(f"{env}: {exc}") from None
-
-
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
     try:
         os.killpg(proc.pid, sig)
@@ -244,7 +232,7 @@ class ProdEnv:
     def __init__(self, kit: str | Path | Kit, *, sites: list[str] | None = None, workspace: str | Path | None = None,
                  wait_timeout: float = 60.0, job_timeout: float | None = None, num_clients: int | None = None,
                  progress: bool | str | None = None):
-        self.progress = progress if progress is None else _progress_level(progress, "ProdEnv")
+        self.progress = progress if progress is None else progress.level_of(progress, "ProdEnv")
         self.kit = kit if isinstance(kit, Kit) else Kit.load(kit)
         if self.kit.role != "admin":
             raise RecipeError(f"ProdEnv needs an admin kit; {self.kit.path} is a {self.kit.role} kit")
@@ -261,7 +249,7 @@ class ProdEnv:
         job_dir = recipe.export(ws / "job")
         return submit_and_follow(self.kit, job_dir, ws, sites=self.sites, wait_timeout=self.wait_timeout,
                                  job_timeout=self.job_timeout, job_name=spec.job_name, started=started,
-                                 progress_level=_progress_level(self.progress, "ProdEnv"))
+                                 progress_level=progress.level_of(self.progress, "ProdEnv"))
 
 
 def submit_and_follow(kit: Kit, job_dir: Path, ws: Path, *, sites: list[str] | None, wait_timeout: float,

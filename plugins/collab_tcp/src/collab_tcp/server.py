@@ -326,23 +326,15 @@ class Server:
             if f is not None:
                 f.write("".join(line + "\n" for line in lines))
                 f.flush()
-            followers = list(job.followers)
-        for c in followers:
-            self._send(c, {"t": "log", "job": job.id, "site": site, "lines": lines})
+        self._to_followers(job, {"t": "log", "job": job.id, "site": site, "lines": lines})
 
-    def _progress_line(self, job: JobRecord, text: str) -> None:
-        """A progress line of the job's main (already in the server's log) to its followers."""
+    def _to_followers(self, job: JobRecord, msg: dict) -> None:
+        """A message for the admins following ``job``: its sites' log lines, its main's progress and
+        print lines."""
         with job.changed:
             followers = list(job.followers)
         for c in followers:
-            self._send(c, {"t": "progress", "job": job.id, "line": text})
-
-    def _print_line(self, job: JobRecord, site: str, line: str) -> None:
-        """A print() line of the job's server code (already in the server's log) to its followers."""
-        with job.changed:
-            followers = list(job.followers)
-        for c in followers:
-            self._send(c, {"t": "print", "job": job.id, "site": site, "line": line})
+            self._send(c, msg)
 
     def _route(self, job: JobRecord, target: str) -> Connection | str:
         """The connection that reaches ``target`` in ``job``, or why there is none."""
@@ -704,7 +696,8 @@ class Server:
                              job.workspace)
         runtime.extras["job_policy"] = code.policy
         runtime.extras["progress"] = progress.Progress(job.name, "normal",
-                                                       on_line=lambda text: self._progress_line(job, text))
+                                                       on_line=lambda text: self._to_followers(
+                                                           job, {"t": "progress", "job": job.id, "line": text}))
         runtime.tracking = list(code.config.get("tracking") or [])
         runtime.props = job.deploy_info["props"]
         runtime.backend_type = job.deploy_info["backend_type"]
@@ -717,7 +710,8 @@ class Server:
         job.call_server = CallServer(job.id, server, self.executor)
         self._set_status(job, "running")
         log.info("job %s running with sites %s", job.id, ready)
-        prints = site_prints(SERVER, prefix_sites=False, on_line=lambda site, line: self._print_line(job, site, line))
+        prints = site_prints(SERVER, prefix_sites=False, on_line=lambda site, line: self._to_followers(
+            job, {"t": "print", "job": job.id, "site": site, "line": line}))
         try:
             prints.__enter__()
             server.start()
