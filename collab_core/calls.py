@@ -8,6 +8,7 @@ configured copy: ``collab.clients(timeout=30, min_responses=3).train(w)``.
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -312,8 +313,23 @@ class _GroupRun:
         except CollabCallError as exc:
             fut = Future()
             fut.set_exception(exc)
-        fut.add_done_callback(lambda f, c=call: self._done.put((c, f)))
+        self._launched.append(call)
+        fut.add_done_callback(lambda f, c=call: self._arrived(c, f))
         self._unstarted.append(fut)
+
+    def _arrived(self, call: Call, fut: Future) -> None:
+        """A call ended (on whichever thread ended it). When its failure makes the quorum
+        impossible and the caller's thread may itself be running one of the others (see ``_help_one``),
+        they are cancelled here and now, since the caller cannot do it."""
+        if self._helper is not None and not fut.cancelled() and fut.exception() is not None:
+            with self._fail_lock:
+                self._failed += 1
+                hopeless = self._failed > len(self.targets) - self.needed
+            if hopeless:
+                for other in list(self._launched):
+                    if other is not call:
+                        self.ctx.job.backend.cancel(other)
+        self._done.put((call, fut))
 
     def _start(self) -> None:
         """Send the first calls at once, so a non-blocking call is in flight before iteration."""
@@ -321,6 +337,9 @@ class _GroupRun:
         self._in_flight: dict[int, Call] = {}
         self._done: queue.SimpleQueue[tuple[Call, Future]] = queue.SimpleQueue()
         self._unstarted: deque[Future] = deque()
+        self._launched: list[Call] = []
+        self._fail_lock = threading.Lock()
+        self._failed = 0
         helper = getattr(self.ctx.job.backend, "help", None)
         self._helper = helper if self.deadline is None else None
         limit = self.opts.parallel or len(self.targets)

@@ -175,22 +175,35 @@ def test_single_call_timeout_raises():
     assert run(Main(main), Echo()) < 2.0
 
 
-def test_group_fails_fast_when_quorum_is_impossible():
+@pytest.mark.parametrize("max_workers", [None, 1])
+def test_group_fails_fast_when_quorum_is_impossible(max_workers):
+    # With max_workers=1 the one worker has started site-1 by the time main iterates, so main's
+    # own thread runs site-2's call (a caller helps with calls no worker has started): site-1's
+    # failure must still cancel site-2 and site-3 although main is busy inside one of them.
+    seen = {}
+
     def main():
-        t0 = time.monotonic()
-        with pytest.raises(GroupCallError):
-            collab.clients.fail_or_sleep()
-        return time.monotonic() - t0
+        calls = collab.clients(blocking=False).fail_or_sleep()
+        time.sleep(0.3)
+        with pytest.raises(GroupCallError) as err:
+            for _ in calls:
+                pass
+        return sorted(err.value.failures)
 
     class C(Echo):
         @collab.publish
         def fail_or_sleep(self):
             if collab.site_name == "site-1":
+                time.sleep(1.0)
                 raise RuntimeError("down")
-            while not collab.is_aborted:
+            give_up = time.monotonic() + 60
+            while not collab.is_aborted and time.monotonic() < give_up:
                 time.sleep(0.005)
+            seen[collab.site_name] = collab.is_aborted
 
-    assert run(Main(main), C()) < 2.0
+    assert run(Main(main), C(), max_workers=max_workers) == ["site-1", "site-2", "site-3"]
+    # the sites that started saw the cancellation (none waited out its 60 s)
+    assert seen and all(seen.values()), seen
 
 
 def test_non_blocking_yields_results_as_they_arrive():
