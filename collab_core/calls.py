@@ -55,6 +55,12 @@ class CallOptions:
     parallel: int | None = attrs.field(default=None, validator=_check_positive_int("parallel", 1))
     targets: tuple[str, ...] | None = attrs.field(default=None, converter=_targets)
     process_resp_cb: Callable[[str, Any], Any] | None = None
+    #: calling a method the target does not publish is not an error (see the user guide)
+    optional: bool = False
+    #: end-to-end protection of a site-to-site call's payload (collab-tcp; a no-op in SimEnv)
+    secure: bool = False
+    #: the named object (server_objects / client_objects) whose method is called
+    target: str | None = None
 
     def evolve(self, **changes: Any) -> CallOptions:
         unknown = set(changes) - set(attrs.fields_dict(CallOptions))
@@ -77,7 +83,7 @@ def _new_call(ctx: SiteContext, target: str, method: str, args: tuple, kwargs: d
               options: CallOptions, deadline: float | None) -> Call:
     return Call(
         caller=ctx.site_name, target=target, method=method, args=args, kwargs=kwargs,
-        expect_result=options.expect_result, deadline=deadline,
+        expect_result=options.expect_result, deadline=deadline, secure=options.secure,
     )
 
 

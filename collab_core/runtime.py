@@ -58,6 +58,8 @@ class Call:
     kwargs: dict
     expect_result: bool = True
     deadline: float | None = None  # time.monotonic() value
+    #: the caller asked for end-to-end protection of the payload (a transport may honour it)
+    secure: bool = False
     id: int = attrs.field(factory=lambda: next(_ids))
     cancelled: CancelFlag = attrs.field(factory=CancelFlag)
 
