@@ -8,6 +8,7 @@ in definition order, and validates call arguments against the published signatur
 from __future__ import annotations
 
 import inspect
+import re
 import types
 import weakref
 from collections.abc import Callable
@@ -163,11 +164,44 @@ class Interface:
 
     owner: str
     methods: dict[str, inspect.Signature]
+    #: how a call names the main object with ``target=`` ("server" or "client")
+    main_name: str = ""
+    #: the names of the side's named objects (in the order they were given)
+    objects: tuple[str, ...] = attrs.field(init=False, default=attrs.Factory(
+        lambda self: tuple(dict.fromkeys(n.partition(".")[0] for n in self.methods if "." in n)),
+        takes_self=True,
+    ))
+
+    def resolve(self, method: str, target: str | None) -> str:
+        """The published name a call of ``method`` reaches: ``target`` names an object (or the main
+        object by its role name); without one, the main object's method, else the one named object
+        that publishes ``method`` (two of them: an ambiguity error asking for a qualified call).
+        An unknown method comes back as given (:meth:`bind` then says what is published)."""
+        if target is not None and target != self.main_name:
+            if target not in self.objects:
+                known = ", ".join(self.objects) or "none"
+                raise CallValidationError(
+                    f"{self.owner} has no object named {target!r} (target=); its objects: {known}"
+                )
+            return f"{target}.{method}"
+        if method in self.methods or target is not None or "." in method:
+            return method
+        owners = [name for name in self.methods if name.partition(".")[2] == method]
+        if len(owners) > 1:
+            via = {"server": "collab.server", "client": "collab.clients"}.get(self.main_name, "<proxy>")
+            choices = " or ".join(f"{via}.{o.partition('.')[0]}.{method}(...)" for o in owners)
+            raise CallValidationError(
+                f"{method!r} is ambiguous on {self.owner}: the objects "
+                f"{', '.join(repr(o.partition('.')[0]) for o in owners)} all publish it; use a "
+                f"qualified call, {choices}, or target=<object name>"
+            )
+        return owners[0] if owners else method
 
     def to_wire(self) -> dict[str, Any]:
         """A plain-data form, so a process without the code can still validate calls."""
         return {
             "owner": self.owner,
+            "main_name": self.main_name,
             "methods": {
                 name: {
                     "text": str(sig),
@@ -188,13 +222,21 @@ class Interface:
                     for pname, kind, has_default in desc["params"]
                 ]
                 methods[str(name)] = _TextSignature(params, text=str(desc["text"]))
-            return cls(owner=str(data["owner"]), methods=methods)
+            return cls(owner=str(data["owner"]), methods=methods, main_name=str(data.get("main_name", "")))
         except (KeyError, TypeError, ValueError) as exc:
             raise RecipeError(f"malformed interface description: {exc!r}") from None
 
     def bind(self, method: str, args: tuple, kwargs: dict) -> None:
         """Check that ``method(*args, **kwargs)`` would bind, raising CallValidationError if not."""
         sig = self.methods.get(method)
+        if sig is None and "." in method and method.partition(".")[0] in self.objects:
+            obj, _, name = method.partition(".")
+            published = ", ".join(f"{m.partition('.')[2]}{s}" for m, s in self.methods.items()
+                                  if m.startswith(obj + ".")) or "none"
+            raise CallValidationError(
+                f"the object {obj!r} of {self.owner} publishes no method {name!r}. Its published "
+                f"methods: {published}. Decorate the method with @collab.publish, or fix the name."
+            )
         if sig is None:
             published = ", ".join(f"{m}{s}" for m, s in self.methods.items()) or "none"
             raise CallValidationError(
@@ -209,14 +251,54 @@ class Interface:
             ) from None
 
 
-class App:
-    """One side of a job: the object or module, and its decorated callables bound to it."""
+#: a named object's name: a letter, then letters, digits and underscores (as NVFlare's)
+_OBJECT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+#: names a named object cannot take: attributes of proxies and groups, and the role names
+_RESERVED_NAMES = frozenset({"server", "client", "name", "names", "sites", "values", "failures"})
 
-    def __init__(self, obj: Any, *, role: str):
+
+def check_object_names(objects: Any, role: str) -> dict[str, Any]:
+    """Validate ``server_objects=`` / ``client_objects=``: a dict of name -> object (or module)."""
+    if objects is None:
+        return {}
+    if not isinstance(objects, dict):
+        raise RecipeError(
+            f"{role}_objects must be a dict of name -> object, e.g. "
+            f"{role}_objects={{'metric_receiver': MetricReceiver()}}; got {type(objects).__name__}"
+        )
+    for name, obj in objects.items():
+        if not isinstance(name, str) or not _OBJECT_NAME.match(name):
+            raise RecipeError(
+                f"{role}_objects: {name!r} is not a valid object name; use a letter followed by "
+                f"letters, digits or underscores (it is how callers name it: "
+                f"collab.{'server' if role == 'server' else 'clients'}.<name>.<method>(...))"
+            )
+        if name in _RESERVED_NAMES:
+            raise RecipeError(f"{role}_objects: {name!r} is a reserved name; choose another")
+        if isinstance(obj, type):
+            raise RecipeError(
+                f"{role}_objects[{name!r}] is the class {obj.__qualname__}; pass an instance, e.g. "
+                f"{obj.__qualname__}()"
+            )
+        if obj is None:
+            raise RecipeError(f"{role}_objects[{name!r}] is None; pass the object")
+    return dict(objects)
+
+
+class App:
+    """One side of a job: the object or module, and its decorated callables bound to it.
+
+    ``objects`` are the side's named objects (``server_objects`` / ``client_objects``): their
+    published methods are known by qualified names ``"<name>.<method>"`` (see
+    :meth:`Interface.resolve`), their ``@collab.init`` / ``@collab.final`` run after the main
+    object's, in the order the objects were given."""
+
+    def __init__(self, obj: Any, *, role: str, objects: dict[str, Any] | None = None):
         if role not in ("server", "client"):
             raise ValueError(role)
         self.obj = obj
         self.role = role
+        self.objects = check_object_names(objects, role)
         self.is_module = isinstance(obj, types.ModuleType)
         self.publish: dict[str, Callable] = {}
         self.init: list[Callable] = []
@@ -257,17 +339,43 @@ class App:
                 f"the client ({describe(obj)}) has a @collab.main function ({mains[0].__name__}); "
                 f"@collab.main belongs to the server"
             )
+        for name, member in self.objects.items():
+            self._add_object(name, member)
         self.interface = Interface(
             owner=f"the {role} ({describe(obj)})",
             methods={name: public_signature(fn) for name, fn in self.publish.items()},
+            main_name=role,
         )
 
+    def _add_object(self, name: str, obj: Any) -> None:
+        if name in self.publish:
+            raise RecipeError(
+                f"{self.role}_objects: {name!r} is also the name of a method the {self.role} "
+                f"({describe(self.obj)}) publishes; name the object differently"
+            )
+        for method, kind in _definitions(obj):
+            fn = getattr(obj, method)
+            if kind == "publish":
+                self.publish[f"{name}.{method}"] = fn
+            elif kind == "init":
+                self.init.append(fn)
+            elif kind == "final":
+                self.final.append(fn)
+            else:
+                raise RecipeError(
+                    f"{self.role}_objects[{name!r}] ({describe(obj)}) has a @collab.main function "
+                    f"({method}); only the server's main object has one"
+                )
+
     def method(self, name: str) -> Callable:
-        try:
-            return self.publish[name]
-        except KeyError:
+        """The published callable for a call of ``name`` (plain, or qualified ``object.method``)."""
+        fn = self.publish.get(name)
+        if fn is not None:
+            return fn
+        resolved = self.interface.resolve(name, None)
+        if resolved not in self.publish:
             self.interface.bind(name, (), {})  # raises with the list of published methods
-            raise
+        return self.publish[resolved]
 
 
 def make_client_object(obj: Any, site_name: str) -> Any:

@@ -60,7 +60,8 @@ class CallOptions:
     #: end-to-end protection of a site-to-site call's payload (collab-tcp; a no-op in SimEnv)
     secure: bool = False
     #: the named object (server_objects / client_objects) whose method is called
-    target: str | None = None
+    target: str | None = attrs.field(default=None, validator=attrs.validators.optional(
+        attrs.validators.instance_of(str)))
 
     def evolve(self, **changes: Any) -> CallOptions:
         unknown = set(changes) - set(attrs.fields_dict(CallOptions))
@@ -124,13 +125,16 @@ class Proxy:
     def __call__(self, **options: Any) -> Proxy:
         return Proxy(self._target, self._options.evolve(**options), self._ctx)
 
-    def __getattr__(self, name: str) -> _Method:
+    def __getattr__(self, name: str) -> Proxy | _Method:
         if name.startswith("__"):
             raise AttributeError(name)
+        if self._options.target is None and name in _objects_of(self._ctx, self._target):
+            return self(target=name)  # collab.server.metric_receiver: the named object's proxy
         return _Method(self, name)
 
     def __repr__(self) -> str:
-        return f"Proxy({self._target!r})"
+        target = "" if self._options.target is None else f", target={self._options.target!r}"
+        return f"Proxy({self._target!r}{target})"
 
     def _invoke(self, method: str, args: tuple, kwargs: dict) -> Any:
         ctx = self._ctx or current()
@@ -139,8 +143,10 @@ class Proxy:
             raise CallValidationError(
                 f"no site named {self._target!r} in this job; sites are: {', '.join(job.client_names)}"
             )
-        job.interface_of(self._target).bind(method, args, kwargs)
         opts = self._options
+        interface = job.interface_of(self._target)
+        method = interface.resolve(method, opts.target)
+        interface.bind(method, args, kwargs)
         deadline = _deadline(ctx, opts)
         call = _new_call(ctx, self._target, method, args, kwargs, opts, deadline)
         fut = job.backend.submit(call)
@@ -162,6 +168,17 @@ class Proxy:
         if opts.process_resp_cb is not None:
             value = opts.process_resp_cb(self._target, value)
         return value
+
+
+def _objects_of(ctx: SiteContext | None, site: str) -> tuple[str, ...]:
+    """The named objects ``site`` has (none outside a job)."""
+    ctx = ctx or current(required=False)
+    if ctx is None:
+        return ()
+    try:
+        return ctx.job.interface_of(site).objects
+    except (KeyError, AttributeError):
+        return ()
 
 
 def _log_fire_and_forget(call: Call) -> Callable[[Future], None]:
@@ -238,9 +255,11 @@ class Group:
     def __len__(self) -> int:
         return len(self.names)
 
-    def __getattr__(self, name: str) -> _Method:
+    def __getattr__(self, name: str) -> Group | _Method:
         if name.startswith("__"):
             raise AttributeError(name)
+        if self._options.target is None and self._targets and name in _objects_of(self._ctx, self._targets[0]):
+            return self(target=name)  # collab.clients.<object>: the group of that named object
         return _Method(self, name)
 
     def __repr__(self) -> str:
@@ -256,7 +275,10 @@ class Group:
             raise CallValidationError(
                 f"targets {unknown} are not in this group; choose from: {', '.join(self._targets)}"
             )
-        for t in dict.fromkeys(job.interface_of(t) for t in targets):
+        interfaces = list(dict.fromkeys(job.interface_of(t) for t in targets))
+        if interfaces:
+            method = interfaces[0].resolve(method, opts.target)
+        for t in interfaces:
             t.bind(method, args, kwargs)
         needed = len(targets) if opts.min_responses is None else opts.min_responses
         if needed > len(targets):

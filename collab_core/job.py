@@ -36,6 +36,7 @@ from .loading import (
     SCHEMA,
     VERSION,
     JobPolicy,
+    build_named_objects,
     build_object,
     check_job_path,
     set_build_policy,
@@ -188,13 +189,20 @@ def export_job(recipe: RecipeBase, path: Path) -> Path:
     spec = recipe.build_job()
     server, server_module = _describe_object(spec.server, "server")
     client, client_module = _describe_object(spec.client, "client")
-    sources = _user_sources([server_module, client_module])
+    modules = [server_module, client_module]
+    named: dict[str, dict[str, Any]] = {}
+    for role, objects in (("server", spec.server_objects), ("client", spec.client_objects)):
+        for name, obj in objects.items():
+            desc, module = _describe_object(obj, f"{role}_objects[{name!r}]")
+            named.setdefault(f"{role}_objects", {})[name] = desc
+            modules.append(module)
+    sources = _user_sources(modules)
     path = Path(path)
     if path.exists() and any(path.iterdir()):
         if not (path / JOB_FILE).exists():
             raise ExportError(f"{path} exists and is not a job folder; choose an empty or new folder")
         shutil.rmtree(path)
-    for obj in (spec.server, spec.client):
+    for obj in (spec.server, spec.client, *spec.server_objects.values(), *spec.client_objects.values()):
         extra = getattr(obj, "collab_export_files", None)
         if callable(extra) and not isinstance(obj, types.ModuleType):
             sources.update(extra())
@@ -216,6 +224,7 @@ def export_job(recipe: RecipeBase, path: Path) -> Path:
         "client": client,
         "tracking": list(spec.tracking),
         "code": sorted(sources),
+        **named,  # optional keys server_objects / client_objects: {name: {module, class, args}}
     }
     for key in PROP_KEYS:  # optional keys: jobs without properties look as they always did
         if (spec.props or {}).get(key):
@@ -251,6 +260,8 @@ def load_job(path: str | Path) -> CollabRecipe:
         job_name=config["job_name"],
         server=server,
         client=client,
+        server_objects=build_named_objects(config, "server"),
+        client_objects=build_named_objects(config, "client"),
         min_clients=config["min_clients"],
         required_plugins=config.get("required_plugins", ()),
         tracking=config.get("tracking") or None,
@@ -416,6 +427,11 @@ class JobCode:
         importlib.invalidate_caches()
         with set_build_policy(self.policy):
             return build_object(self.config[role], role)
+
+    def build_objects(self, role: str) -> dict[str, Any]:
+        """The job's named objects of ``role`` (``server_objects`` / ``client_objects``), built."""
+        with set_build_policy(self.policy):
+            return build_named_objects(self.config, role)
 
     def unload(self) -> None:
         if self._added and str(self.code) in sys.path:

@@ -43,6 +43,7 @@ JOB_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 #: A job id as a server makes it (``<name>-<hex>``).
 JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,160}")
 _MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+_OBJECT_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _MAX_PATH = 1024
 #: What a site that does not run custom code builds when its kit names nothing else: the standard
 #: recipes' own components (those that would run a job's script refuse to, see job_script()).
@@ -112,6 +113,14 @@ def validate_job_config(config: object, file: str = JOB_FILE) -> dict[str, Any]:
         raise RecipeError(f"{file}: min_clients must be an integer >= 1, got {mc!r}")
     for role in ("server", "client"):
         _check_descriptor(config[role], role, file)
+        objects = config.get(f"{role}_objects", {})
+        if not isinstance(objects, dict):
+            raise RecipeError(f"{file}: {role}_objects must be an object of name -> {{module, class, args}}")
+        for name, desc in objects.items():
+            if not isinstance(name, str) or not _OBJECT_NAME_RE.fullmatch(name):
+                raise RecipeError(f"{file}: {role}_objects has the invalid object name {name!r} (a letter, "
+                                  f"then letters, digits or underscores)")
+            _check_descriptor(desc, f"{role}_objects[{name!r}]", file)
     plugins = config.get("required_plugins", [])
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
         raise RecipeError(f"{file}: required_plugins must be a list of requirement strings")
@@ -312,6 +321,12 @@ def import_job_module(name: str, role: str = "job") -> types.ModuleType:
         sys.modules.pop(name, None)
         raise
     return module
+
+
+def build_named_objects(config: dict[str, Any], role: str) -> dict[str, Any]:
+    """Build a validated job config's ``<role>_objects`` (name -> object), in their order."""
+    return {name: build_object(desc, f"{role}_objects[{name!r}]")
+            for name, desc in (config.get(f"{role}_objects") or {}).items()}
 
 
 def build_object(desc: dict[str, Any], role: str) -> Any:

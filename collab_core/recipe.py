@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Protocol
 
 import attrs
 
-from .app import App, describe
+from .app import App, check_object_names, describe
 from .errors import RecipeError
 from .loading import check_job_name, stop_if_loading_job
 from .props import check_json_value, check_per_site_config, check_prop_name, empty_props
@@ -34,6 +34,9 @@ class JobSpec:
     tracking: tuple[dict[str, Any], ...] = ()
     #: {"server_props", "client_props", "per_site_config"} (JSON data; see collab_core.props)
     props: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    #: named objects of each side (server_objects= / client_objects=): name -> object or module
+    server_objects: dict[str, Any] = attrs.field(factory=dict)
+    client_objects: dict[str, Any] = attrs.field(factory=dict)
 
 
 class Environment(Protocol):
@@ -214,13 +217,20 @@ class RecipeBase:
         """The site names the per-site config describes (in the order given)."""
         return list(self._props_of()["per_site_config"])
 
+    # -- named objects ----------------------------------------------------------------------------
+
+    def _named_objects(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return (check_object_names(getattr(self, "server_objects", None), "server"),
+                check_object_names(getattr(self, "client_objects", None), "client"))
+
     # -- running ----------------------------------------------------------------------------------
 
     def build_job(self) -> JobSpec:
         """What an environment runs: the server and client, checked."""
         server, client = self.make_server(), self.make_client()
-        App(server, role="server")
-        client_app = App(client, role="client")
+        server_objects, client_objects = self._named_objects()
+        App(server, role="server", objects=server_objects)
+        client_app = App(client, role="client", objects=client_objects)
         if not client_app.publish:
             raise RecipeError(
                 f"the client ({describe(client)}) publishes no methods; decorate the functions the "
@@ -236,6 +246,8 @@ class RecipeBase:
             recipe_class=f"{type(self).__module__}:{type(self).__qualname__}",
             tracking=tuple(self.tracking),
             props=copy.deepcopy(self._props_of()),
+            server_objects=server_objects,
+            client_objects=client_objects,
         )
 
     def check(self) -> None:
@@ -321,6 +333,12 @@ class CollabRecipe(RecipeBase):
     ``collab.clients.execute(fl_model=...)`` and ``collab.clients.stop()``. Add
     ``launch_external_process=True, command="torchrun --nproc_per_node=N"`` to run the client side
     in a worker group per site (collab-torchrun).
+
+    ``server_objects={"metric_receiver": MetricReceiver()}`` and ``client_objects={...}`` add named
+    objects to a side: their ``@collab.publish`` methods are called qualified
+    (``collab.server.metric_receiver.accept(m)``, ``collab.clients(target="name").method(...)``) or,
+    when no other object of that side publishes the name, unqualified; their ``@collab.init`` and
+    ``@collab.final`` run after the main object's. Each client site gets its own copies.
     """
 
     api = "collab"
@@ -330,6 +348,8 @@ class CollabRecipe(RecipeBase):
         job_name: str,
         server: Any = None,
         client: Any = None,
+        server_objects: dict[str, Any] | None = None,
+        client_objects: dict[str, Any] | None = None,
         min_clients: int = 1,
         required_plugins: Iterable[str] = (),
         train_script: str | None = None,
@@ -357,6 +377,8 @@ class CollabRecipe(RecipeBase):
                          launch_external_process=launch_external_process, command=command,
                          subprocess_timeout=subprocess_timeout)
         self.server = server
+        self.server_objects = check_object_names(server_objects, "server")
+        self.client_objects = check_object_names(client_objects, "client")
         self.build_job()  # a missing @collab.main or a misplaced decorator fails here, at construction
 
     def make_server(self) -> Any:

@@ -11,7 +11,7 @@ from concurrent.futures import wait
 from pathlib import Path
 from typing import Any
 
-from collab_core import progress, props, tracking, workspaces
+from collab_core import progress, props, topology, tracking, workspaces
 from collab_core.app import App, make_client_object
 from collab_core.errors import RecipeError
 from collab_core.executor import ElasticExecutor
@@ -30,6 +30,9 @@ class SimEnv:
     """Run a recipe in this process.
 
     ``num_clients`` sites are named ``site-1`` ... ``site-N`` (or pass ``clients=[names]``).
+    A hierarchical federation: ``num_clients=(3, 2)`` is 3 top-level sites ``site-1`` ...
+    ``site-3`` with 2 children each (``site-1-1``, ``site-1-2``, ...; more numbers, more levels), or
+    ``clients=[names]`` with ``parents={child: parent}`` (see :mod:`collab_core.topology`).
     ``isolation="wire"`` (default) copies arguments and results through the wire format;
     ``"none"`` passes references. ``max_workers`` bounds the threads doing client work at once
     (threads waiting on nested calls do not count). ``call_timeout`` is the default deadline of
@@ -45,9 +48,10 @@ class SimEnv:
 
     def __init__(
         self,
-        num_clients: int | None = None,
+        num_clients: int | tuple[int, ...] | None = None,
         *,
         clients: list[str] | None = None,
+        parents: dict[str, str] | None = None,
         workspace: str | Path | None = None,
         isolation: str = "wire",
         max_workers: int | None = None,
@@ -55,18 +59,9 @@ class SimEnv:
         log_level: int | str = logging.INFO,
         progress: bool | str | None = None,
     ):
-        if clients is not None:
-            clients = list(clients)
-            if num_clients is not None and num_clients != len(clients):
-                raise RecipeError(f"num_clients={num_clients} but clients lists {len(clients)} names")
-            if len(set(clients)) != len(clients) or not all(isinstance(c, str) and c for c in clients):
-                raise RecipeError(f"clients must be distinct non-empty names, got {clients}")
-            if SERVER in clients:
-                raise RecipeError(f"{SERVER!r} is the server's name; choose other client names")
-        else:
-            if not isinstance(num_clients, int) or isinstance(num_clients, bool) or num_clients < 1:
-                raise RecipeError(f"SimEnv needs num_clients >= 1 (or clients=[names]), got {num_clients!r}")
-            clients = [f"site-{i}" for i in range(1, num_clients + 1)]
+        #: which client is whose child: num_clients=(3, 2), or clients= with parents=
+        self.topology = topology.resolve("SimEnv", num_clients, clients, parents, SERVER)
+        clients = list(self.topology.sites)
         if isolation not in ISOLATION_MODES:
             raise RecipeError(f"isolation must be one of {ISOLATION_MODES}, got {isolation!r}")
         if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
@@ -87,7 +82,8 @@ class SimEnv:
         self.final_timeout = 30.0
 
     def __repr__(self) -> str:
-        return f"SimEnv(num_clients={self.num_clients}, isolation={self.isolation!r})"
+        shape = f", hierarchy: {self.topology.describe()}" if self.topology.is_hierarchical else ""
+        return f"SimEnv(num_clients={self.num_clients}{shape}, isolation={self.isolation!r})"
 
     def _workspace_for(self, job_name: str) -> Path:
         if self.workspace is not None:
@@ -107,8 +103,12 @@ class SimEnv:
         started = time.monotonic()
         executor = ElasticExecutor(self.max_workers, name=f"sim-{spec.job_name}")
         backend = backend_factory(executor=executor, isolation=self.isolation)
-        server_app = App(spec.server, role="server")
-        client_apps = {site: App(make_client_object(spec.client, site), role="client") for site in self.clients}
+        server_app = App(spec.server, role="server", objects=spec.server_objects)
+        client_apps = {
+            site: App(make_client_object(spec.client, site), role="client",
+                      objects={name: make_client_object(obj, site) for name, obj in spec.client_objects.items()})
+            for site in self.clients
+        }
         first = client_apps[self.clients[0]]
         job = JobRuntime(
             spec.job_name, self.clients, backend,
@@ -118,6 +118,7 @@ class SimEnv:
         job.tracking = list(spec.tracking)
         job.props = {**props.empty_props(), **(spec.props or {})}
         job.backend_type = self.name
+        job.topology = self.topology
         reporter = progress.Progress(spec.job_name, progress_level(self.progress, "SimEnv"))
         job.extras["progress"] = reporter
         hub = tracking.build_hub(job.tracking, workspace / SERVER, spec.job_name)
@@ -132,7 +133,7 @@ class SimEnv:
         with capture_site_logs(workspace, SERVER, self.log_level) as handler, progress.console(reporter.level), \
                 site_prints(SERVER):
             log.debug("job %s starting on SimEnv with %d clients, workspace %s", spec.job_name, self.num_clients, workspace)
-            reporter.started("SimEnv", self.num_clients, workspace)
+            reporter.started("SimEnv", self.num_clients, workspace, hierarchy=self.topology.describe())
             props.warn_unknown_sites(job.props, self.clients, spec.job_name)
             try:
                 wait([executor.submit(s.start) for s in sites.values()])

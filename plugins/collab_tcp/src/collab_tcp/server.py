@@ -36,6 +36,7 @@ from .connection import Connection, ConnectionClosed, Heartbeats, handshake
 from .jobs import JobRecord, JobStore, Relay
 from .kit import AuthError, Kit, peer_identity
 from .rpc import CallServer, ForgedResult, RecentIds, TcpBackend, new_wire_id, reject_forged
+from .secure import certificate_pem
 
 log = logging.getLogger("collab.tcp.server")
 PROTOCOL = 1
@@ -633,7 +634,7 @@ class Server:
         assert job.workspace is not None
         with capture_site_logs(job.workspace, SERVER) as handler:
             try:
-                server_app = App(code.build("server"), role="server")
+                server_app = App(code.build("server"), role="server", objects=code.build_objects("server"))
             except BaseException as exc:
                 raise_failed(job, "the server app could not be loaded:\n" + traceback.format_exc())
                 log.error("job %s: server app failed to load: %r", job.id, exc)
@@ -643,6 +644,17 @@ class Server:
                 self._deploy_and_run(job, code, server_app, min_clients, handler)
             finally:
                 code.unload()
+
+    def _certificates(self, sites: list[str]) -> dict[str, str]:
+        """The certificates the connected ``sites`` presented (PEM): a site seals a secure call for
+        its target's (secure.py), after checking it against the project CA itself."""
+        out = {}
+        for site in sites:
+            conn = self.sites.get(site)
+            pem = certificate_pem(conn.sock) if conn is not None else None
+            if pem is not None:
+                out[site] = pem
+        return out
 
     def _deploy_to(self, job: JobRecord, sites: list[str]) -> None:
         """Send ``job`` to ``sites``: its files stream from the server's disk (memory maps, so the
@@ -667,7 +679,9 @@ class Server:
                            "server_interface": server_app.interface.to_wire(),
                            "tracking": code.config.get("tracking") or [],
                            "props": code.config.get("props") or props.empty_props(),
-                           "backend_type": os.environ.get("COLLAB_BACKEND_TYPE") or "prod"}
+                           "backend_type": os.environ.get("COLLAB_BACKEND_TYPE") or "prod",
+                           # for secure=True calls; each site verifies them against its own CA
+                           "certs": self._certificates(job.participants)}
         self._deploy_to(job, job.participants)
         self._wait(job, lambda: set(job.ready) >= set(job.participants)
                    or not set(job.participants) - set(job.ready) & set(self._connected()), job.deploy_timeout)

@@ -21,6 +21,7 @@ from collab_core.runtime import JobRuntime, SiteRuntime
 from .connection import Connection, ConnectionClosed, dial_server
 from .kit import AuthError, Kit
 from .rpc import CallServer, ForgedResult, TcpBackend
+from .secure import SecureChannel
 
 log = logging.getLogger("collab.tcp.site")
 # errors of the log forwarder itself, which it never forwards (no feedback loop)
@@ -117,6 +118,7 @@ class _SiteJob:
         self.site: SiteRuntime | None = None
         self.backend: TcpBackend | None = None
         self.calls: CallServer | None = None
+        self.secure: SecureChannel | None = None
         self.logs: _Forwarder | None = None
         self.prints: site_prints | None = None
 
@@ -285,8 +287,13 @@ class SiteAgent:
             job.code = JobCode(job.folder / "job", custom_code=self.kit.allow_custom_code,
                                allowed_modules=self.kit.allowed_modules)
             client = make_client_object(job.code.build("client"), self.name)
-            app = App(client, role="client")
-            job.backend = TcpBackend(job.id, lambda target: self.conn or "the server is not connected")
+            objects = {name: make_client_object(obj, self.name)
+                       for name, obj in job.code.build_objects("client").items()}
+            app = App(client, role="client", objects=objects)
+            # secure=True calls: the participants' certificates came with the deploy (verified on use)
+            job.secure = SecureChannel(self.kit, job.id, msg.get("certs"))
+            job.backend = TcpBackend(job.id, lambda target: self.conn or "the server is not connected",
+                                     secure=job.secure)
             server_interface = Interface.from_wire(msg["server_interface"])
             participants = msg.get("participants")
             if not isinstance(participants, list) or not all(isinstance(p, str) for p in participants):
@@ -304,7 +311,7 @@ class SiteAgent:
             job.site.start()
             if job.site.init_error is not None:
                 raise job.site.init_error
-            job.calls = CallServer(job.id, job.site, self.executor)
+            job.calls = CallServer(job.id, job.site, self.executor, secure=job.secure)
         except BaseException as exc:
             import traceback
 
