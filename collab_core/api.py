@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from .app import mark
 from .calls import Group, Proxy
 from .context import RESULT_PROP, CallContext, current
+from .errors import CollabError
 
 F = TypeVar("F", bound=Callable)
 
@@ -39,7 +40,8 @@ class _Collab:
 
     @property
     def clients(self) -> Group:
-        """Every client site of the job, as a group."""
+        """Every client site of the job, as a group (in a hierarchy: the sites of every level;
+        see :attr:`child_clients` and :attr:`leaf_clients`)."""
         ctx = current()
         return Group(ctx.job.client_names)
 
@@ -48,6 +50,33 @@ class _Collab:
         """Every client site except this one."""
         ctx = current()
         return Group([c for c in ctx.job.client_names if c != ctx.site_name])
+
+    @property
+    def child_clients(self) -> Group:
+        """This site's children in a hierarchical federation, as a group: on the server the
+        top-level clients (every client when there is no hierarchy), on a client its own children.
+        A site without children raises CollabError (check :attr:`has_children` first)."""
+        ctx = current()
+        children = ctx.job.topology.children_of(ctx.site_name, ctx.job.server_name)
+        if not children:
+            raise CollabError(
+                f"{ctx.site_name} has no child clients (it is a leaf of the hierarchy); check "
+                f"collab.has_children before calling collab.child_clients, or call collab.server "
+                f"or collab.clients instead"
+            )
+        return Group(children)
+
+    @property
+    def has_children(self) -> bool:
+        """Whether this site has child clients (always True on the server)."""
+        ctx = current()
+        return bool(ctx.job.topology.children_of(ctx.site_name, ctx.job.server_name))
+
+    @property
+    def leaf_clients(self) -> Group:
+        """Every client without children, at any depth of the hierarchy (every client when there
+        is no hierarchy), as a group; the same on every site."""
+        return Group(current().job.topology.leaves)
 
     @property
     def server(self) -> Proxy:

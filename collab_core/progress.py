@@ -129,8 +129,12 @@ class Progress:
         except (OSError, ValueError):
             pass
 
-    def started(self, env: str, num_clients: int | None, workspace: Any) -> None:
+    def started(self, env: str, num_clients: int | None, workspace: Any, hierarchy: str | None = None) -> None:
+        """``hierarchy``: how the clients nest (``"3 top-level, 2 levels"``), when they do; the
+        count is every client of every level."""
         clients = f" with {num_clients} client(s)" if num_clients else ""
+        if hierarchy:
+            clients += f" in a hierarchy ({hierarchy})"
         self._emit("job %s: %s%s; workspace %s", self.job_name, env, clients, workspace)
 
     def group_call(self, method: str, ok: int, failed: int, seconds: float,

@@ -24,6 +24,7 @@ from . import tracking
 from .app import App, Interface, call_with_context
 from .context import RESULT_PROP, CallContext, SiteContext, active
 from .errors import CollabCallError, CollabError
+from .topology import Topology
 
 log = logging.getLogger("collab.runtime")
 
@@ -126,6 +127,8 @@ class JobRuntime:
         self.props: dict[str, dict[str, Any]] = _props.empty_props()
         #: which setting runs the job (collab.backend_type): "sim", "poc", "prod" or a plugin's name
         self.backend_type = "sim"
+        #: which client is whose child (collab.child_clients / has_children / leaf_clients)
+        self.topology = Topology(self.client_names)
 
     def interface_of(self, site: str) -> Interface:
         return self.interfaces["server" if site == self.server_name else "client"]
