@@ -316,7 +316,8 @@ def _make_leaf(
                 content_commitment=False,
                 key_encipherment=False,
                 data_encipherment=False,
-                key_agreement=False,
+                # a site's key also seals secure=True calls for it (ECDH, collab_tcp.secure)
+                key_agreement=role == "site",
                 key_cert_sign=False,
                 crl_sign=False,
                 encipher_only=False,

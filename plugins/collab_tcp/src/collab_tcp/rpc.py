@@ -14,9 +14,10 @@ from typing import Any
 from collab_core import wire
 from collab_core.errors import CollabCallError
 from collab_core.executor import ElasticExecutor
-from collab_core.runtime import Call, SiteRuntime
+from collab_core.runtime import SERVER, Call, SiteRuntime
 
 from .connection import Connection, ConnectionClosed
+from .secure import SecureCallError, SecureChannel, Session
 
 log = logging.getLogger("collab.tcp")
 
@@ -85,12 +86,16 @@ class TcpBackend:
     site (a site sends everything to the server, which runs or relays it), or a sentence saying
     why there is none ("site-3 is not connected")."""
 
-    def __init__(self, job: str, route: Callable[[str], Connection | str | None]):
+    def __init__(self, job: str, route: Callable[[str], Connection | str | None],
+                 secure: SecureChannel | None = None):
         self.job = job
         self.route = route
+        #: a site's end of secure calls: seals ``secure=True`` calls to other sites (None: the server)
+        self.secure = secure
         self._lock = threading.Lock()
         #: wire id -> (call, future, the connection the call was sent on)
         self._pending: dict[int, tuple[Call, Future, Connection]] = {}
+        self._sessions: dict[int, Session] = {}  # wire id -> the keys of a sealed call's result
         self._wire_ids: dict[int, int] = {}  # call.id -> wire id, for cancel
         self._ended = RecentIds()
         self.closed = False
@@ -107,10 +112,25 @@ class TcpBackend:
             return fut
         wire_id = new_wire_id()
         msg = call_message(self.job, call, wire_id)
+        session = None
+        # a call to the server needs no envelope: TLS protects it end to end (see secure.py)
+        if call.secure and self.secure is not None and call.target != SERVER:
+            try:
+                msg["sealed"], session = self.secure.seal_call(call.target, call.method, call.expect_result,
+                                                               call.args, call.kwargs)
+            except SecureCallError as exc:
+                fut.set_exception(CollabCallError(call.target, call.method, exc))
+                return fut
+            except wire.WireError as exc:
+                raise CollabCallError(call.target, call.method, exc,
+                                      message=f"cannot send the arguments of {call.method}() to {call.target}: {exc}") from None
+            msg["args"], msg["kwargs"] = [], {}
         if call.expect_result:
             with self._lock:
                 self._pending[wire_id] = (call, fut, conn)
                 self._wire_ids[call.id] = wire_id
+                if session is not None:
+                    self._sessions[wire_id] = session
         try:
             conn.send(msg)
         except wire.WireError as exc:
@@ -129,6 +149,7 @@ class TcpBackend:
     def _pop(self, wire_id: int) -> tuple[Call, Future, Connection] | None:
         with self._lock:
             entry = self._pending.pop(wire_id, None)
+            self._sessions.pop(wire_id, None)
             if entry is not None:
                 self._wire_ids.pop(entry[0].id, None)
             return entry
@@ -147,9 +168,11 @@ class TcpBackend:
             raise ForgedResult(f"a result whose call id is {type(wire_id).__name__}, not an integer")
         with self._lock:
             entry = self._pending.get(wire_id)
+            session = None
             if entry is not None and entry[2] is conn:
                 del self._pending[wire_id]
                 self._wire_ids.pop(entry[0].id, None)
+                session = self._sessions.pop(wire_id, None)
             else:
                 entry = None
         if entry is None:
@@ -157,6 +180,13 @@ class TcpBackend:
                 return False
             raise ForgedResult(f"a result for call id {wire_id!r}, which was never sent to {conn.peer}")
         call, fut, _ = entry
+        if session is not None:
+            try:
+                msg = open_secure_result(session, call, msg)
+            except SecureCallError as exc:
+                log.error("%s", exc)
+                fut.set_exception(CollabCallError(call.target, call.method, exc))
+                return True
         if msg.get("ok"):
             fut.set_result(msg.get("value"))
         else:
@@ -169,6 +199,7 @@ class TcpBackend:
             lost = [(cid, e) for cid, e in self._pending.items() if e[2] is conn]
             for cid, e in lost:
                 del self._pending[cid]
+                self._sessions.pop(cid, None)
                 self._wire_ids.pop(e[0].id, None)
         self._ended.forget(conn)
         for _, (call, fut, _) in lost:
@@ -179,6 +210,8 @@ class TcpBackend:
         with self._lock:
             wire_id = self._wire_ids.pop(call.id, None)
             entry = self._pending.pop(wire_id, None) if wire_id is not None else None
+            if wire_id is not None:
+                self._sessions.pop(wire_id, None)
         if entry is None:
             return
         _, fut, conn = entry
@@ -193,19 +226,38 @@ class TcpBackend:
         with self._lock:
             pending = list(self._pending.values())
             self._pending.clear()
+            self._sessions.clear()
         for call, fut, _ in pending:
             if not fut.done():
                 fut.set_exception(CollabCallError(call.target, call.method, ConnectionError("the job ended")))
+
+
+def open_secure_result(session: Session, call: Call, msg: dict) -> dict:
+    """The result message of a secure call with its sealed result opened. An error the target
+    answered outside the envelope (it refused the call) or one the relay made up ("not
+    connected") passes through as it came: those are not authenticated. A success that is not
+    sealed is refused: the relay stripped or replaced the target's answer."""
+    if "sealed" in msg:
+        body = session.open_result(msg["sealed"], call.target)
+        return {"ok": body["ok"], "value": body.get("value"), "error": body.get("error")}
+    if msg.get("ok"):
+        raise SecureCallError(
+            f"the result of the secure call {call.method}() to {call.target} arrived unsealed: the "
+            f"relay stripped or replaced {call.target}'s answer; refused")
+    return msg
 
 
 class CallServer:
     """Runs incoming calls for one local site on an elastic pool and answers on the connection
     they came from. Tracks them so a ``cancel`` or a lost connection flags them cancelled."""
 
-    def __init__(self, job: str, site: SiteRuntime, executor: ElasticExecutor):
+    def __init__(self, job: str, site: SiteRuntime, executor: ElasticExecutor,
+                 secure: SecureChannel | None = None):
         self.job = job
         self.site = site
         self.executor = executor
+        #: opens sealed calls from other sites and seals their results (None: the server)
+        self.secure = secure
         self._lock = threading.Lock()
         self._running: dict[tuple[int, int], Call] = {}
 
@@ -216,27 +268,42 @@ class CallServer:
             self._reply(conn, msg, False, error=ValueError("malformed call message"))
             return
         call = Call(caller=caller, target=self.site.site_name, method=msg["method"], args=tuple(args),
-                    kwargs=kwargs, expect_result=bool(msg.get("expect", True)))
+                    kwargs=kwargs, expect_result=bool(msg.get("expect", True)), secure="sealed" in msg)
         key = (id(conn), msg["id"])
         with self._lock:
             self._running[key] = call
         self.executor.submit(self._run, conn, msg, call, key)
 
     def _run(self, conn: Connection, msg: dict, call: Call, key: tuple[int, int]) -> None:
+        session = None
         try:
             if call.cancelled.is_set():
                 raise ConnectionAbortedError("cancelled before it started")
+            if call.secure:  # opened here, on a worker thread: it may be megabytes of AES-GCM
+                try:
+                    call.args, call.kwargs, session = self._open(msg, call)
+                except SecureCallError as exc:  # refused: answered outside the envelope, as it failed
+                    log.error("%s refused a call: %s", self.site.site_name, exc)
+                    self._reply(conn, msg, False, error=exc, expect=call.expect_result)
+                    return
             value = self.site.invoke(call)
         except BaseException as exc:
-            self._reply(conn, msg, False, error=exc, expect=call.expect_result)
+            self._reply(conn, msg, False, error=exc, expect=call.expect_result, session=session)
         else:
-            self._reply(conn, msg, True, value=value, expect=call.expect_result)
+            self._reply(conn, msg, True, value=value, expect=call.expect_result, session=session)
         finally:
             with self._lock:
                 self._running.pop(key, None)
 
+    def _open(self, msg: dict, call: Call) -> tuple[tuple, dict, Session]:
+        if self.secure is None:
+            raise SecureCallError(
+                f"{self.site.site_name} got a sealed call {call.method}() from {call.caller}, but calls "
+                f"to the server are not sealed (TLS protects them end to end)")
+        return self.secure.open_call(call.caller, call.method, call.expect_result, msg["sealed"])
+
     def _reply(self, conn: Connection, msg: dict, ok: bool, value: Any = None, error: BaseException | None = None,
-               expect: bool = True) -> None:
+               expect: bool = True, session: Session | None = None) -> None:
         if not ok:
             log.info("call %s() from %s failed on %s: %r", msg.get("method"), msg.get("caller"),
                      self.site.site_name, error)
@@ -248,6 +315,14 @@ class CallServer:
         else:
             out["error"] = error
         try:
+            if session is not None:  # a secure call's result: sealed for its caller
+                try:
+                    out = {"t": "result", "job": self.job, "id": msg["id"],
+                           "sealed": session.seal_result(ok, value, error)}
+                except wire.WireError as exc:
+                    out = {"t": "result", "job": self.job, "id": msg["id"], "sealed": session.seal_result(
+                        False, error=wire.RemoteError(
+                            "WireError", f"{msg.get('method')}() returned a value that cannot be sent: {exc}", ""))}
             conn.send(out)
         except wire.WireError as exc:
             conn.send({"t": "result", "job": self.job, "id": msg["id"], "ok": False,
