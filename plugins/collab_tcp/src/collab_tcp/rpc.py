@@ -20,6 +20,8 @@ from .connection import Connection, ConnectionClosed
 from .secure import SecureCallError, SecureChannel, Session
 
 log = logging.getLogger("collab.tcp")
+#: refusals of secure calls: in the job's log (a site forwards it), unlike the transport's own lines
+secure_log = logging.getLogger("collab.tcp.secure")
 
 
 def new_wire_id() -> int:
@@ -184,7 +186,7 @@ class TcpBackend:
             try:
                 msg = open_secure_result(session, call, msg)
             except SecureCallError as exc:
-                log.error("%s", exc)
+                secure_log.error("%s refused a result: %s", call.caller, exc)
                 fut.set_exception(CollabCallError(call.target, call.method, exc))
                 return True
         if msg.get("ok"):
@@ -283,7 +285,7 @@ class CallServer:
                 try:
                     call.args, call.kwargs, session = self._open(msg, call)
                 except SecureCallError as exc:  # refused: answered outside the envelope, as it failed
-                    log.error("%s refused a call: %s", self.site.site_name, exc)
+                    secure_log.error("%s refused a call: %s", self.site.site_name, exc)
                     self._reply(conn, msg, False, error=exc, expect=call.expect_result)
                     return
             value = self.site.invoke(call)
