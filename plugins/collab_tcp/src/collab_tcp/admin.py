@@ -87,11 +87,15 @@ class AdminClient:
             return got
 
     def submit(self, job_folder: str | Path, *, sites: list[str] | None = None, wait_timeout: float = 60.0,
-               deploy_timeout: float = 300.0, follow: bool = True) -> str:
-        """Send a job folder (``recipe.export(path)``); return the job id."""
+               deploy_timeout: float = 300.0, follow: bool = True, parents: dict[str, str] | None = None) -> str:
+        """Send a job folder (``recipe.export(path)``); return the job id. ``parents``
+        (``{child: parent}``, with ``sites``) makes the job hierarchical (``collab.child_clients``)."""
         files = pack_job(job_folder)
-        reply = self._request({"t": "submit", "files": files, "sites": sites, "wait_timeout": wait_timeout,
-                               "deploy_timeout": deploy_timeout, "follow": follow}, "submitted")
+        request = {"t": "submit", "files": files, "sites": sites, "wait_timeout": wait_timeout,
+                   "deploy_timeout": deploy_timeout, "follow": follow}
+        if parents:
+            request["parents"] = dict(parents)
+        reply = self._request(request, "submitted")
         return reply["job"]
 
     def follow(self, job: str, on_log: Callable[[str, list[str]], None] | None = None,

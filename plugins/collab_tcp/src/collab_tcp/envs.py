@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from collab_core import progress, workspaces
+from collab_core import progress, topology, workspaces
 from collab_core.errors import RecipeError
 from collab_core.lifeline import new_lifeline
 from collab_core.run import Run
@@ -58,18 +58,16 @@ class PocEnv:
 
     name = "poc"
 
-    def __init__(self, num_clients: int | None = None, *, clients: list[str] | None = None,
+    def __init__(self, num_clients: int | tuple[int, ...] | None = None, *, clients: list[str] | None = None,
+                 parents: dict[str, str] | None = None,
                  workspace: str | Path | None = None, start_timeout: float = 60.0,
                  job_timeout: float | None = None, heartbeat: float = 1.0, dead_after: float = 30.0,
                  progress: bool | str | None = None):
         self.progress = progress if progress is None else progress.level_of(progress, "PocEnv")
-        if clients is None:
-            if not isinstance(num_clients, int) or isinstance(num_clients, bool) or num_clients < 1:
-                raise RecipeError(f"PocEnv needs num_clients >= 1 (or clients=[names]), got {num_clients!r}")
-            clients = [f"site-{i}" for i in range(1, num_clients + 1)]
-        elif num_clients is not None and num_clients != len(clients):
-            raise RecipeError(f"num_clients={num_clients} but clients lists {len(clients)} names")
-        self.clients = list(clients)
+        #: a hierarchy (num_clients=(3, 2), or clients= with parents=): every site is still its own
+        #: process dialling the server; a parent's calls to its children are relayed by the server
+        self.topology = topology.resolve("PocEnv", num_clients, clients, parents, SERVER)
+        self.clients = list(self.topology.sites)
         self.num_clients = len(self.clients)
         self.workspace = Path(workspace) if workspace is not None else None
         self.start_timeout = start_timeout
@@ -82,7 +80,8 @@ class PocEnv:
         self._lifeline: tuple[int, int] | None = None
 
     def __repr__(self) -> str:
-        return f"PocEnv(num_clients={self.num_clients})"
+        shape = f", hierarchy: {self.topology.describe()}" if self.topology.is_hierarchical else ""
+        return f"PocEnv(num_clients={self.num_clients}{shape})"
 
     # -- processes --------------------------------------------------------------------------------
 
@@ -193,10 +192,11 @@ class PocEnv:
         admin = None
         reporter = progress.Progress(spec.job_name, progress.level_of(self.progress, "PocEnv"))
         with progress.console(reporter.level):
-            reporter.started("PocEnv", self.num_clients, ws)
+            reporter.started("PocEnv", self.num_clients, ws, hierarchy=self.topology.describe())
             try:
                 admin, _ = self.start(ws)
-                job = admin.submit(job_dir, sites=self.clients, wait_timeout=self.start_timeout)
+                job = admin.submit(job_dir, sites=self.clients, wait_timeout=self.start_timeout,
+                                   parents=self.topology.to_wire())
                 done = admin.follow(job, on_log=reporter.site_lines, on_progress=reporter.relay,
                                     on_print=reporter.printed, timeout=self.job_timeout)
                 admin.shutdown(sites=True)
@@ -225,18 +225,25 @@ class ProdEnv:
 
     ``sites`` restricts the job to those sites (default: every connected site, at least
     ``min_clients``); log lines arrive as they happen (logger ``collab.tcp.env``, INFO), and the
-    console shows the job's progress as for SimEnv (``progress=``)."""
+    console shows the job's progress as for SimEnv (``progress=``). A hierarchical job names its
+    sites and ``parents={child: parent}`` (or ``num_clients=(3, 2)`` for sites named ``site-1``,
+    ``site-1-1``, ...); the kits do not change: every site dials the server as always."""
 
     name = "prod"
 
     def __init__(self, kit: str | Path | Kit, *, sites: list[str] | None = None, workspace: str | Path | None = None,
-                 wait_timeout: float = 60.0, job_timeout: float | None = None, num_clients: int | None = None,
+                 wait_timeout: float = 60.0, job_timeout: float | None = None,
+                 num_clients: int | tuple[int, ...] | None = None, parents: dict[str, str] | None = None,
                  progress: bool | str | None = None):
         self.progress = progress if progress is None else progress.level_of(progress, "ProdEnv")
         self.kit = kit if isinstance(kit, Kit) else Kit.load(kit)
         if self.kit.role != "admin":
             raise RecipeError(f"ProdEnv needs an admin kit; {self.kit.path} is a {self.kit.role} kit")
         self.sites = list(sites) if sites else None
+        self.topology = None
+        if parents is not None or isinstance(num_clients, (tuple, list)):
+            self.topology = topology.resolve("ProdEnv", num_clients, self.sites, parents, SERVER)
+            self.sites = list(self.topology.sites)
         self.workspace = Path(workspace) if workspace is not None else None
         self.wait_timeout = wait_timeout
         self.job_timeout = job_timeout
@@ -249,12 +256,13 @@ class ProdEnv:
         job_dir = recipe.export(ws / "job")
         return submit_and_follow(self.kit, job_dir, ws, sites=self.sites, wait_timeout=self.wait_timeout,
                                  job_timeout=self.job_timeout, job_name=spec.job_name, started=started,
-                                 progress_level=progress.level_of(self.progress, "ProdEnv"))
+                                 progress_level=progress.level_of(self.progress, "ProdEnv"),
+                                 parents=self.topology.to_wire() if self.topology else None)
 
 
 def submit_and_follow(kit: Kit, job_dir: Path, ws: Path, *, sites: list[str] | None, wait_timeout: float,
                       job_timeout: float | None, job_name: str, started: float | None = None,
-                      on_log=None, progress_level: str = "normal") -> Run:
+                      on_log=None, progress_level: str = "normal", parents: dict[str, str] | None = None) -> Run:
     started = started or time.monotonic()
     reporter = progress.Progress(job_name, progress_level)
 
@@ -264,9 +272,10 @@ def submit_and_follow(kit: Kit, job_dir: Path, ws: Path, *, sites: list[str] | N
         reporter.site_lines(site, lines)
 
     with progress.console(reporter.level), AdminClient(kit) as admin:
-        job = admin.submit(job_dir, sites=sites, wait_timeout=wait_timeout)
+        job = admin.submit(job_dir, sites=sites, wait_timeout=wait_timeout, parents=parents)
+        shape = topology.Topology(sites, parents).describe() if sites and parents else None
         reporter.started(f"ProdEnv (job {job} on {kit.server_address})",
-                         len(sites) if sites else None, ws)
+                         len(sites) if sites else None, ws, hierarchy=shape)
         done = admin.follow(job, on_log=on_log or show, on_progress=reporter.relay, on_print=reporter.printed,
                             timeout=job_timeout)
         reporter.finished(done["status"], time.monotonic() - started, done.get("error"))

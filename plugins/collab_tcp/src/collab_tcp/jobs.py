@@ -77,6 +77,8 @@ class JobRecord:
     tracking_report: dict[str, Any] = attrs.field(factory=dict)
     #: what the deploy message carries besides the files (set once the server app is built)
     deploy_info: dict[str, Any] | None = None
+    #: a hierarchical job's {child: parent} (validated at submit; empty: every site is top-level)
+    parents: dict[str, str] = attrs.field(factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "status": self.status, "participants": self.participants,
@@ -85,7 +87,8 @@ class JobRecord:
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "status": self.status, "error": self.error,
-                "participants": self.participants, "sites": self.sites, "submitted_by": self.submitted_by,
+                "participants": self.participants, "sites": self.sites, "parents": self.parents,
+                "submitted_by": self.submitted_by,
                 "submitted": self.submitted, "started": self.started, "finished": self.finished,
                 "tracking": self.tracking_report}
 

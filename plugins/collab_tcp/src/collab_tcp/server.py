@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from collab_core import progress, props, tracking, wire
+from collab_core import progress, props, topology, tracking, wire
 from collab_core.app import App, Interface
 from collab_core.errors import RecipeError
 from collab_core.executor import ElasticExecutor
@@ -480,6 +480,10 @@ class Server:
             sites = msg.get("sites")
             if sites is not None and (not isinstance(sites, list) or not all(isinstance(x, str) for x in sites)):
                 raise RecipeError("sites must be a list of site names")
+            parents = topology.check_parents(msg.get("parents"), sites, "the job's parents", SERVER)
+            if parents and not sites:
+                raise RecipeError("a hierarchical job must name its sites (submit with sites=[...]) so that "
+                                  "every parent and child is known")
             wait_timeout = _positive_float(msg.get("wait_timeout", 60.0), "wait_timeout")
             deploy_timeout = _positive_float(msg.get("deploy_timeout", 300.0), "deploy_timeout")
             job_id = f"{name}-{uuid.uuid4().hex[:8]}"
@@ -495,7 +499,7 @@ class Server:
             files = msg = None  # type: ignore[assignment]  # keep no job bytes in memory
         job = JobRecord(id=job_id, name=name, folder=folder, sites=list(sites) if sites else None,
                         wait_timeout=wait_timeout, deploy_timeout=deploy_timeout, submitted_by=conn.peer,
-                        workspace=folder.parent / "workspace")
+                        workspace=folder.parent / "workspace", parents=parents)
         if follow:
             job.followers.add(conn)
         with self._lock:
@@ -681,7 +685,9 @@ class Server:
                            "props": code.config.get("props") or props.empty_props(),
                            "backend_type": os.environ.get("COLLAB_BACKEND_TYPE") or "prod",
                            # for secure=True calls; each site verifies them against its own CA
-                           "certs": self._certificates(job.participants)}
+                           "certs": self._certificates(job.participants),
+                           # which participant is whose child (collab.child_clients); checked again at the site
+                           "parents": job.parents}
         self._deploy_to(job, job.participants)
         self._wait(job, lambda: set(job.ready) >= set(job.participants)
                    or not set(job.participants) - set(job.ready) & set(self._connected()), job.deploy_timeout)
@@ -715,6 +721,7 @@ class Server:
         runtime.tracking = list(code.config.get("tracking") or [])
         runtime.props = job.deploy_info["props"]
         runtime.backend_type = job.deploy_info["backend_type"]
+        runtime.topology = topology.Topology(ready, job.parents)
         props.warn_unknown_sites(runtime.props, ready, job.name, log)
         hub = tracking.build_hub(runtime.tracking, job.workspace / SERVER, job.name)
         if hub is not None:

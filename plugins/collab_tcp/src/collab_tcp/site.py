@@ -17,6 +17,7 @@ from collab_core.loading import JOB_ID_RE, check_job_name
 from collab_core.logs import FORMAT, SiteFilter, site_prints
 from collab_core.props import validate_props_config
 from collab_core.runtime import JobRuntime, SiteRuntime
+from collab_core.topology import Topology, check_parents
 
 from .connection import Connection, ConnectionClosed, dial_server
 from .kit import AuthError, Kit
@@ -307,6 +308,9 @@ class SiteAgent:
             if not isinstance(backend_type, str):
                 raise ValueError("malformed deploy: backend_type must be a string")
             job.runtime.backend_type = backend_type
+            # a hierarchy: who is whose child among the participants (hostile input: checked here)
+            parents = check_parents(msg.get("parents"), participants, "the deploy message's parents")
+            job.runtime.topology = Topology(participants, parents)
             job.site = SiteRuntime(job.runtime, self.name, app)
             job.site.start()
             if job.site.init_error is not None:
