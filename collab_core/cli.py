@@ -43,7 +43,9 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="an argument of --recipe (repeatable); VALUE is read as JSON if it parses, "
                              "else as a string, e.g. --arg num_rounds=3 --arg train_script=train.py")
     parser.add_argument("--env", default="sim", help="environment name (see `collab plugins`); default: sim")
-    parser.add_argument("--clients", type=int, default=None, help="number of clients (default: the job's min_clients)")
+    parser.add_argument("--clients", type=_clients_arg, default=None,
+                        help="number of clients (default: the job's min_clients), or a hierarchy: 3x2 is 3 "
+                             "top-level sites with 2 children each")
     parser.add_argument("--kit", default=None, help="an admin startup kit (for --env prod)")
     parser.add_argument("--workspace", default=None, help="where the run's workspace goes")
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON")
@@ -56,6 +58,15 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--result", metavar="FILE", default=None,
                         help="also write the run's result to FILE in the wire format "
                              "(read it back with collab_core.wire.read_frame)")
+
+
+def _clients_arg(text: str) -> int | tuple[int, ...]:
+    from .topology import parse_shape
+
+    try:
+        return parse_shape(text)
+    except CollabError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _run_run(args: argparse.Namespace) -> int:
@@ -114,7 +125,9 @@ def _run_named_recipe(args: argparse.Namespace, options: dict):
     kwargs = _parse_recipe_args(args.arg)
     kwargs.setdefault("name", args.recipe)
     if args.clients is not None:
-        kwargs.setdefault("min_clients", args.clients)
+        from .topology import count_sites
+
+        kwargs.setdefault("min_clients", count_sites(args.clients))  # every site of every level
     try:
         recipe = cls(**kwargs)
     except TypeError as exc:

@@ -276,17 +276,18 @@ def load_job(path: str | Path) -> CollabRecipe:
     return recipe
 
 
-def run_job_folder(path: str | Path, env: str = "sim", num_clients: int | None = None,
+def run_job_folder(path: str | Path, env: str = "sim", num_clients: int | tuple[int, ...] | None = None,
                    workspace: str | Path | None = None, **env_options: Any) -> Run:
     """``collab run``: rebuild the job's recipe and execute it in the named environment."""
     from .registry import check_required_plugins, get_registry
+    from .topology import count_sites
 
     config = read_job_config(path)
     check_required_plugins(config.get("required_plugins", ()))
     env_factory = get_registry().environment(env)
     if num_clients is None:
         num_clients = config["min_clients"]
-    elif num_clients < config["min_clients"]:
+    elif count_sites(num_clients, "--clients") < config["min_clients"]:  # a hierarchy: every level counts
         raise RecipeError(f"job {config['job_name']!r} needs at least {config['min_clients']} clients "
                           f"(its min_clients); run it with --clients {config['min_clients']} or more")
     _check_env_options(env, env_factory, {"num_clients": num_clients, **env_options})

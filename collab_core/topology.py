@@ -68,6 +68,32 @@ def shape_of(num_clients: object, owner: str = "SimEnv") -> tuple[int, ...]:
     return tuple(num_clients)
 
 
+def count_sites(num_clients: object, owner: str = "SimEnv") -> int:
+    """How many client sites ``num_clients`` (an int or a shape) makes, at every level."""
+    total, width = 0, 1
+    for count in shape_of(num_clients, owner):
+        width *= count
+        total += width
+    return total
+
+
+def parse_shape(text: str) -> int | tuple[int, ...]:
+    """A command line's ``--clients``: ``"3"`` is 3 clients, ``"3x2"`` 3 top-level sites with 2
+    children each (``"3x2x2"``: one level deeper)."""
+    parts = str(text).strip().lower().split("x")
+    try:
+        counts = [int(p) for p in parts]
+    except ValueError:
+        raise RecipeError(f"--clients takes a number of clients (e.g. 3) or a hierarchy as "
+                          f"TOPxCHILDREN (e.g. 3x2: 3 top-level sites with 2 children each), got {text!r}") from None
+    shape = counts[0] if len(counts) == 1 else tuple(counts)
+    if any(c < 1 for c in counts):
+        raise RecipeError(f"--clients {text}: every number must be >= 1; e.g. --clients 3, or --clients 3x2 "
+                          f"for 3 top-level sites with 2 children each")
+    shape_of(shape, "--clients")  # the size limit
+    return shape
+
+
 def from_shape(num_clients: object, owner: str = "SimEnv") -> Topology:
     """The sites and parents of a shape, named as NVFlare names them, level by level
     (``site-1, site-2, site-3, site-1-1, site-1-2, site-2-1, ...``)."""
@@ -230,4 +256,5 @@ def resolve(owner: str, num_clients: object, clients: Sequence[str] | None,
     return Topology(clients, check_parents(parents, clients, f"{owner} parents", server))
 
 
-__all__ = ["Topology", "from_shape", "shape_of", "check_parents", "resolve", "MAX_SITES", "MAX_DEPTH"]
+__all__ = ["Topology", "from_shape", "shape_of", "count_sites", "parse_shape", "check_parents", "resolve",
+           "MAX_SITES", "MAX_DEPTH"]
