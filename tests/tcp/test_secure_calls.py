@@ -109,6 +109,34 @@ def test_certificates_from_the_server_are_checked_against_the_project_ca(kits):
         server_as_site.peer("server")
 
 
+def test_site_certificates_allow_key_agreement_and_older_ones_are_refused(kits):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    def usage(kit):
+        cert = x509.load_pem_x509_certificate(kit.cert.read_bytes())
+        return cert, cert.extensions.get_extension_for_class(x509.KeyUsage).value
+
+    for kit in kits.sites.values():
+        assert usage(kit)[1].key_agreement and usage(kit)[1].digital_signature
+    for kit in (kits.server, kits.admin):
+        assert not usage(kit)[1].key_agreement  # nothing is sealed for them
+    # site-2's certificate as an older provisioning wrote it: the same key, no keyAgreement
+    cert, ku = usage(kits.sites["site-2"])
+    ca_key = serialization.load_pem_private_key((kits.root / kits.project / "ca" / "ca.key").read_bytes(), None)
+    old_ku = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                           data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                           crl_sign=False, encipher_only=False, decipher_only=False)
+    builder = (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(cert.issuer)
+               .public_key(cert.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(cert.not_valid_before_utc).not_valid_after(cert.not_valid_after_utc)
+               .add_extension(old_ku, critical=True))
+    old = builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+    ch = SecureChannel(kits.sites["site-1"], "job-1", {"site-2": old})
+    with pytest.raises(SecureCallError, match="does not allow key agreement.*re-provision"):
+        ch.seal_call("site-2", "train", True, (), {})
+
+
 def test_an_unsealed_success_for_a_secure_call_is_refused(channels):
     from collab_core.runtime import Call
 
