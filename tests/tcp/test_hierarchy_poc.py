@@ -12,6 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from collab_core import wire
 from collab_core.errors import RecipeError
 from collab_core.job import pack_job
 from collab_tcp.admin import AdminError
@@ -215,3 +216,27 @@ def test_a_site_refuses_a_deploy_with_a_bad_hierarchy(cluster, tmp_path, monkeyp
     assert done["status"] == "failed"
     assert "only 0 of 2 sites loaded the job" in done["error"]
     assert "RecipeError: the deploy message" in done["error"] and "cannot be its own parent" in done["error"]
+
+
+def test_collab_submit_parents(cluster, tmp_path, capsys):
+    from collab_core.cli import main
+
+    job_dir = export_job(tmp_path, JOB, server="FedAvg(rounds=1)", client="Trainer()", job_name="cli_h",
+                         min_clients=3)
+    server = f"127.0.0.1:{cluster.address[1]}"
+    base = ["submit", str(job_dir), "--kit", str(cluster.kits.admin.path), "--server", server, "--json",
+            "--workspace", str(tmp_path / "submit-ws")]
+    result_file = tmp_path / "result.collab"
+    code = main([*base, "--sites", "site-1,site-2,site-3", "--parents", "site-3=site-2", "--result", str(result_file)])
+    out = capsys.readouterr()
+    assert code == 0, out.out + out.err
+    assert json.loads(out.out[out.out.index("{"):])["status"] == "finished"
+    with open(result_file, "rb") as f:
+        where = wire.read_frame(f)["where"]
+    assert where["server"]["children"] == ["site-1", "site-2"]
+    assert where["site-2"]["children"] == ["site-3"] and where["server"]["leaves"] == ["site-1", "site-3"]
+    # a malformed pair, and a parent outside the job's sites: errors that say what to write
+    assert main([*base, "--sites", "site-1,site-2", "--parents", "site-2"]) == 1
+    assert "--parents takes CHILD=PARENT pairs separated by commas" in capsys.readouterr().err
+    assert main([*base, "--sites", "site-1,site-2", "--parents", "site-2=site-7"]) == 1
+    assert "job refused: the job's parents: 'site-7' is not a site of this job" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from collab_core.errors import CollabError
 from collab_core.lifeline import watch_lifeline
 from collab_core.logs import SiteFilter
 from collab_core.registry import Command
@@ -102,11 +103,28 @@ def _submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kit", required=True, help="an admin startup kit")
     parser.add_argument("--server", default=None, metavar="HOST:PORT", help="the server's address (default: the kit's)")
     parser.add_argument("--sites", default=None, help="comma-separated sites to run on (default: all connected)")
+    parser.add_argument("--parents", default=None, metavar="CHILD=PARENT,...",
+                        help="a hierarchical job (with --sites): each child site and its parent, e.g. "
+                             "site-1-1=site-1,site-1-2=site-1 (sites not named are top-level)")
     parser.add_argument("--wait-timeout", type=float, default=60.0, help="how long to wait for the sites")
     parser.add_argument("--no-follow", action="store_true", help="print the job id and return at once")
     parser.add_argument("--workspace", default=None, help="where to write the logs (default: a temp folder)")
     parser.add_argument("--result", default=None, metavar="FILE", help="write the result in the wire format")
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON")
+
+
+def _parse_parents(text: str | None) -> dict[str, str] | None:
+    """``--parents site-1-1=site-1,site-1-2=site-1`` as ``{child: parent}``."""
+    if not text:
+        return None
+    parents: dict[str, str] = {}
+    for pair in text.split(","):
+        child, sep, parent = (x.strip() for x in pair.partition("="))
+        if not sep or not child or not parent:
+            raise CollabError(f"--parents takes CHILD=PARENT pairs separated by commas, e.g. "
+                              f"site-1-1=site-1,site-1-2=site-1; got {pair.strip()!r}")
+        parents[child] = parent
+    return parents
 
 
 def _submit_run(args: argparse.Namespace) -> int:
@@ -119,9 +137,11 @@ def _submit_run(args: argparse.Namespace) -> int:
 
     kit = _admin_kit(args)
     sites = [s.strip() for s in args.sites.split(",") if s.strip()] if args.sites else None
+    parents = _parse_parents(args.parents)
     if args.no_follow:
         with AdminClient(kit) as admin:
-            print(admin.submit(args.job, sites=sites, wait_timeout=args.wait_timeout, follow=False))
+            print(admin.submit(args.job, sites=sites, wait_timeout=args.wait_timeout, follow=False,
+                               parents=parents))
         return 0
     logging.getLogger("collab.tcp.env").setLevel(logging.INFO)
 
@@ -131,7 +151,8 @@ def _submit_run(args: argparse.Namespace) -> int:
 
     ws = Path(args.workspace or tempfile.mkdtemp(prefix="collab-submit-"))
     run = submit_and_follow(kit, Path(args.job), ws, sites=sites, wait_timeout=args.wait_timeout, job_timeout=None,
-                            job_name=read_job_config(args.job)["job_name"], started=time.monotonic(), on_log=show)
+                            job_name=read_job_config(args.job)["job_name"], started=time.monotonic(), on_log=show,
+                            parents=parents)
     if args.result:
         from collab_core import wire
 
