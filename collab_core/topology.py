@@ -228,12 +228,13 @@ class Topology:
 
 
 def resolve(owner: str, num_clients: object, clients: Sequence[str] | None,
-            parents: object, server: str = "server") -> Topology:
+            parents: object, server: str = "server", names_arg: str = "clients") -> Topology:
     """The topology an environment's arguments describe: ``num_clients`` (an int or a shape),
-    or ``clients=[names]`` with optional ``parents={child: parent}``."""
+    or ``clients=[names]`` (``names_arg``: what the environment calls it) with optional
+    ``parents={child: parent}``."""
     if clients is None:
         if parents is not None:
-            raise RecipeError(f"{owner}(parents=...) needs clients=[names] naming every site; or use "
+            raise RecipeError(f"{owner}(parents=...) needs {names_arg}=[names] naming every site; or use "
                               f"num_clients=(3, 2) for 3 top-level sites with 2 children each")
         if num_clients is None:
             raise RecipeError(f"{owner} needs num_clients >= 1 (or clients=[names]), got None")
@@ -249,7 +250,7 @@ def resolve(owner: str, num_clients: object, clients: Sequence[str] | None,
         raise RecipeError(f"{server!r} is the server's name; choose other client names")
     if num_clients is not None:
         if not _is_count(num_clients):
-            raise RecipeError(f"{owner}: pass either num_clients=(shape) or clients=[names] with "
+            raise RecipeError(f"{owner}: pass either num_clients=(shape) or {names_arg}=[names] with "
                               f"parents={{child: parent}}, not both")
         if num_clients != len(clients):
             raise RecipeError(f"num_clients={num_clients} but clients lists {len(clients)} names")

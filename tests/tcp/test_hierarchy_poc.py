@@ -240,3 +240,27 @@ def test_collab_submit_parents(cluster, tmp_path, capsys):
     assert "--parents takes CHILD=PARENT pairs separated by commas" in capsys.readouterr().err
     assert main([*base, "--sites", "site-1,site-2", "--parents", "site-2=site-7"]) == 1
     assert "job refused: the job's parents: 'site-7' is not a site of this job" in capsys.readouterr().err
+
+
+def test_prod_env_runs_a_hierarchy_on_a_running_server(cluster, tmp_path, capsys):
+    from collab_core import CollabRecipe
+    from collab_tcp import ProdEnv
+
+    from .helpers import job_module
+
+    kit = cluster.kits.admin.with_server(*cluster.address)
+    with job_module(tmp_path, JOB) as mod:
+        recipe = CollabRecipe(job_name="prod_h", server=mod.FedAvg(rounds=2), client=mod.Trainer(), min_clients=3)
+        env = ProdEnv(kit, sites=["site-1", "site-2", "site-3"], parents={"site-1": "site-3", "site-2": "site-3"},
+                      workspace=tmp_path / "prod", job_timeout=90)
+        run = recipe.execute(env)
+    assert run.status == "finished", run.error
+    assert run.result["where"]["server"]["children"] == ["site-3"]
+    assert run.result["where"]["site-3"]["children"] == ["site-1", "site-2"]
+    np.testing.assert_allclose(run.result["w"], expected_weighted(["site-1", "site-2"], 2), rtol=1e-12)
+    assert "with 3 client(s) in a hierarchy (1 top-level, 2 levels)" in capsys.readouterr().err
+    # a shape names the sites as SimEnv and PocEnv do; parents without sites is an error naming the fix
+    shaped = ProdEnv(kit, num_clients=(3, 2))
+    assert shaped.sites == TOP + LEAVES and shaped.topology.children_of("site-2") == CHILDREN["site-2"]
+    with pytest.raises(RecipeError, match=r"ProdEnv\(parents=\.\.\.\) needs sites=\[names\]"):
+        ProdEnv(kit, parents={"site-2": "site-1"})

@@ -17,6 +17,7 @@ from typing import Any
 from collab_core import progress, topology, workspaces
 from collab_core.errors import RecipeError
 from collab_core.lifeline import new_lifeline
+from collab_core.progress import level_of as _level_of
 from collab_core.run import Run
 from collab_core.runtime import SERVER
 
@@ -63,7 +64,7 @@ class PocEnv:
                  workspace: str | Path | None = None, start_timeout: float = 60.0,
                  job_timeout: float | None = None, heartbeat: float = 1.0, dead_after: float = 30.0,
                  progress: bool | str | None = None):
-        self.progress = progress if progress is None else progress.level_of(progress, "PocEnv")
+        self.progress = progress if progress is None else _level_of(progress, "PocEnv")  # `progress` is the argument here
         #: a hierarchy (num_clients=(3, 2), or clients= with parents=): every site is still its own
         #: process dialling the server; a parent's calls to its children are relayed by the server
         self.topology = topology.resolve("PocEnv", num_clients, clients, parents, SERVER)
@@ -235,14 +236,14 @@ class ProdEnv:
                  wait_timeout: float = 60.0, job_timeout: float | None = None,
                  num_clients: int | tuple[int, ...] | None = None, parents: dict[str, str] | None = None,
                  progress: bool | str | None = None):
-        self.progress = progress if progress is None else progress.level_of(progress, "ProdEnv")
+        self.progress = progress if progress is None else _level_of(progress, "ProdEnv")  # `progress` is the argument here
         self.kit = kit if isinstance(kit, Kit) else Kit.load(kit)
         if self.kit.role != "admin":
             raise RecipeError(f"ProdEnv needs an admin kit; {self.kit.path} is a {self.kit.role} kit")
         self.sites = list(sites) if sites else None
         self.topology = None
         if parents is not None or isinstance(num_clients, (tuple, list)):
-            self.topology = topology.resolve("ProdEnv", num_clients, self.sites, parents, SERVER)
+            self.topology = topology.resolve("ProdEnv", num_clients, self.sites, parents, SERVER, names_arg="sites")
             self.sites = list(self.topology.sites)
         self.workspace = Path(workspace) if workspace is not None else None
         self.wait_timeout = wait_timeout
