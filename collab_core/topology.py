@@ -163,8 +163,8 @@ def check_parents(parents: object, sites: Iterable[str] | None = None, what: str
 class Topology:
     """The clients of a job as a forest: ``sites`` in their order, ``parents`` ``{child: parent}``.
 
-    A parent that is not among ``sites`` (it dropped out of the job) leaves its children top-level
-    for nobody: they are still sites of the job (and leaves, if childless), but nobody's children.
+    Only sites of ``sites`` count: a site whose parent is not among them (it did not load the job)
+    is top-level, so the server reaches it directly.
     """
 
     __slots__ = ("sites", "parents", "_children", "_top")
@@ -172,11 +172,11 @@ class Topology:
     def __init__(self, sites: Sequence[str], parents: Mapping[str, str] | None = None):
         self.sites: tuple[str, ...] = tuple(sites)
         present = set(self.sites)
-        self.parents: dict[str, str] = {c: p for c, p in (parents or {}).items() if c in present}
+        self.parents: dict[str, str] = {c: p for c, p in (parents or {}).items() if c in present and p in present}
         self._children: dict[str, list[str]] = {}
         for site in self.sites:
             parent = self.parents.get(site)
-            if parent is not None and parent in present:
+            if parent is not None:
                 self._children.setdefault(parent, []).append(site)
         self._top = [s for s in self.sites if s not in self.parents]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from collab_core import CollabError, CollabRecipe, RecipeError, collab
-from collab_core.topology import check_parents, from_shape
+from collab_core.topology import Topology, check_parents, from_shape
 from collab_sim import SimEnv
 
 LINE = re.compile(r"^collab \| (.*)$")
@@ -304,6 +304,9 @@ def test_topology_helpers():
     assert t.children_of("server") == TOP and t.children_of("site-3") == CHILDREN["site-3"]
     assert t.parent_of("site-3-2") == "site-3" and t.parent_of("site-3") is None and t.depth() == 2
     assert from_shape(4).is_hierarchical is False and from_shape(4).describe() is None
+    # a site whose parent is not in the job (it did not load) is top-level
+    partial = Topology(["site-1-1", "site-1-2", "site-2", "site-2-1"], from_shape((2, 2)).parents)
+    assert partial.top_level == ["site-1-1", "site-1-2", "site-2"] and partial.children_of("site-2") == ["site-2-1"]
     # a parent of None or "server" means top-level; a deep chain is refused
     assert check_parents({"a": None, "b": "server", "c": "a"}) == {"c": "a"}
     chain = {f"s{i}": f"s{i - 1}" for i in range(1, 40)}

@@ -264,3 +264,26 @@ def test_prod_env_runs_a_hierarchy_on_a_running_server(cluster, tmp_path, capsys
     assert shaped.sites == TOP + LEAVES and shaped.topology.children_of("site-2") == CHILDREN["site-2"]
     with pytest.raises(RecipeError, match=r"ProdEnv\(parents=\.\.\.\) needs sites=\[names\]"):
         ProdEnv(kit, parents={"site-2": "site-1"})
+
+
+FAILING_PARENT = JOB + textwrap.dedent("""
+    class BrokenParent(Trainer):
+        @collab.init
+        def setup(self):
+            if collab.site_name == "site-1":
+                raise RuntimeError("site-1 cannot load its data")
+""")
+
+
+def test_children_of_a_parent_that_did_not_load_answer_to_the_server(cluster, tmp_path):
+    job_dir = export_job(tmp_path, FAILING_PARENT, server="FedAvg(rounds=1)", client="BrokenParent()",
+                         job_name="orphans_h", min_clients=2)
+    done = submit(cluster, job_dir, sites=["site-1", "site-2", "site-3"],
+                  parents={"site-2": "site-1", "site-3": "site-1"})
+    assert done["status"] == "finished", done["error"]
+    assert done["participants"] == ["site-2", "site-3"]
+    where = done["result"]["where"]
+    # site-1 is gone: the server reaches its children directly
+    assert where["server"]["children"] == ["site-2", "site-3"] and where["server"]["leaves"] == ["site-2", "site-3"]
+    assert sorted(map(tuple, done["result"]["trails"][0]["trail"])) == [("site-2", "server"), ("site-3", "server")]
+    np.testing.assert_allclose(done["result"]["w"], expected_weighted(["site-2", "site-3"], 1), rtol=1e-12)

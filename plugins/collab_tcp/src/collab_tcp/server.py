@@ -705,6 +705,8 @@ class Server:
             return
         job.participants = ready
         job.deploy_info["participants"] = ready
+        # a site whose parent did not load is top-level from now on (a site that rejoins gets this)
+        job.deploy_info["parents"] = topology.Topology(ready, job.parents).to_wire()
         try:
             client_interface = Interface.from_wire(ready_msgs[ready[0]]["interface"])
         except RecipeError as exc:
