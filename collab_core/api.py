@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
+from . import events
+from . import filters as _filters
 from .app import mark
 from .calls import Group, Proxy
 from .context import RESULT_PROP, CallContext, current
-from .errors import CollabError
+from .errors import CallValidationError, CollabError
+from .site_workspace import SiteWorkspace
 
 F = TypeVar("F", bound=Callable)
 
@@ -32,6 +34,37 @@ class _Collab:
     def final(self, fn: F) -> F:
         """Mark a method run once on its site at the end of the job, also when main failed."""
         return mark("final")(fn)
+
+    # -- filters (collab_core.filters; added with recipe.add_<side>_<input|output>_filter) ---------
+
+    def call_filter(self, fn: F) -> F:
+        """Mark a filter method for call arguments: ``fn(self, kwargs[, context]) -> kwargs``."""
+        return _filters.mark("call_filter")(fn)
+
+    def in_call_filter(self, fn: F) -> F:
+        """Like :meth:`call_filter`, used instead of it when the filter is added as an input filter."""
+        return _filters.mark("in_call_filter")(fn)
+
+    def out_call_filter(self, fn: F) -> F:
+        """Like :meth:`call_filter`, used instead of it when the filter is added as an output filter."""
+        return _filters.mark("out_call_filter")(fn)
+
+    def result_filter(self, fn: F) -> F:
+        """Mark a filter method for results: ``fn(self, result[, context]) -> result``."""
+        return _filters.mark("result_filter")(fn)
+
+    def in_result_filter(self, fn: F) -> F:
+        """Like :meth:`result_filter`, used instead of it when the filter is added as an input filter."""
+        return _filters.mark("in_result_filter")(fn)
+
+    def out_result_filter(self, fn: F) -> F:
+        """Like :meth:`result_filter`, used instead of it when the filter is added as an output filter."""
+        return _filters.mark("out_result_filter")(fn)
+
+    # the names of NVFlare's earlier "Fox" API (`@fox.algo`, `@fox.collab`), so its programs run
+    # with `from collab_core import collab as fox`
+    algo = main
+    collab = publish
 
     @property
     def site_name(self) -> str:
@@ -78,6 +111,39 @@ class _Collab:
         is no hierarchy), as a group; the same on every site."""
         return Group(current().job.topology.leaves)
 
+    def get_clients(self, names: list[str] | str) -> Group:
+        """The named client sites as a group, in the order given
+        (``collab.get_clients(["site-1", "site-3"]).train(w)``)."""
+        ctx = current()
+        wanted = [names] if isinstance(names, str) else list(names)
+        if not wanted or not all(isinstance(n, str) for n in wanted):
+            raise CallValidationError(
+                f"get_clients takes a non-empty list of site names, e.g. ['site-1', 'site-3']; got {names!r}"
+            )
+        unknown = [n for n in wanted if n not in ctx.job.client_names]
+        if unknown:
+            raise CallValidationError(
+                f"get_clients: no client site named {', '.join(map(repr, unknown))} in this job; the "
+                f"client sites are: {', '.join(ctx.job.client_names)}"
+            )
+        twice = sorted({n for n in wanted if wanted.count(n) > 1})
+        if twice:
+            raise CallValidationError(f"get_clients: {', '.join(map(repr, twice))} listed more than once")
+        return Group(wanted)
+
+    # -- events (collab_core.events) -----------------------------------------------------------------
+
+    def register_event_handler(self, event_type: str, handler: Callable, **handler_kwargs: Any) -> None:
+        """On this site, call ``handler(event_type, data, **handler_kwargs)`` for each ``event_type``
+        event fired here or sent here (``collab.server.fire_event(...)``); handlers run in
+        registration order, one declaring ``context`` receives the call context."""
+        events.register_event_handler(event_type, handler, **handler_kwargs)
+
+    def fire_event(self, event_type: str, data: Any = None) -> dict[str, Any]:
+        """Run this site's handlers of ``event_type``; returns ``{handler qualname: result}``. A
+        failing handler does not stop the others; afterwards EventHandlerError names the failures."""
+        return events.fire_event(event_type, data)
+
     @property
     def server(self) -> Proxy:
         """The server, for calls from a client (``collab.server.report(...)``)."""
@@ -92,8 +158,11 @@ class _Collab:
         return ctx.job.aborted.is_set() or (ctx.call_cancelled is not None and ctx.call_cancelled.is_set())
 
     @property
-    def workspace(self) -> Path:
-        """This site's own folder in the run's workspace."""
+    def workspace(self) -> SiteWorkspace:
+        """This site's own folder in the run's workspace: a path (``collab.workspace / "x"``,
+        ``open``, ``os.fspath``, ``.mkdir()``...) with ``get_work_dir()``, ``get_run_dir()`` and
+        ``get_resource_dir(name)``; the job's files and resource dirs are in it
+        (see :mod:`collab_core.site_workspace`)."""
         return current().workspace
 
     @property

@@ -17,8 +17,10 @@ from typing import Any
 
 import attrs
 
-from . import executor, progress
-from .context import SiteContext, current
+from . import events, executor, progress
+from . import filters as _filters
+from .app import call_with_context
+from .context import CallContext, SiteContext, active, current
 from .errors import CallValidationError, CollabCallError, GroupCallError
 from .runtime import Call
 
@@ -41,7 +43,14 @@ def _targets(value: Any) -> tuple[str, ...] | None:
         return None
     if isinstance(value, str):
         return (value,)
-    return tuple(value)
+    if isinstance(value, Group):  # targets=collab.clients[1:3]
+        return tuple(value.names)
+    return tuple(v.name if isinstance(v, Proxy) else v for v in value)
+
+
+def _check_bool(_: Any, attribute: Any, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"call option {attribute.name} must be True or False, got {value!r}")
 
 
 @attrs.frozen
@@ -56,22 +65,30 @@ class CallOptions:
     targets: tuple[str, ...] | None = attrs.field(default=None, converter=_targets)
     process_resp_cb: Callable[[str, Any], Any] | None = None
     #: calling a method the target does not publish is not an error (see the user guide)
-    optional: bool = False
+    optional: bool = attrs.field(default=False, validator=_check_bool)
     #: end-to-end protection of a site-to-site call's payload (collab-tcp; a no-op in SimEnv)
-    secure: bool = False
+    secure: bool = attrs.field(default=False, validator=_check_bool)
     #: the named object (server_objects / client_objects) whose method is called
     target: str | None = attrs.field(default=None, validator=attrs.validators.optional(
         attrs.validators.instance_of(str)))
 
+    #: extra keyword arguments of process_resp_cb: ``collab.clients(process_resp_cb=cb, acc=acc)``
+    cb_kwargs: dict[str, Any] = attrs.field(factory=dict, eq=False)
+
     def evolve(self, **changes: Any) -> CallOptions:
-        unknown = set(changes) - set(attrs.fields_dict(CallOptions))
+        valid = [name for name in attrs.fields_dict(CallOptions) if name != "cb_kwargs"]
+        unknown = [name for name in changes if name not in valid]
         if unknown:
-            raise TypeError(
-                f"unknown call option(s) {', '.join(sorted(unknown))}; valid options: "
-                f"{', '.join(attrs.fields_dict(CallOptions))}"
-            )
+            if changes.get("process_resp_cb") is None and self.process_resp_cb is None:
+                raise TypeError(
+                    f"unknown call option(s) {', '.join(sorted(unknown))}; valid options: "
+                    f"{', '.join(valid)} (other keyword arguments are passed to process_resp_cb, "
+                    f"so they need process_resp_cb=...)"
+                )
+            extra = {name: changes.pop(name) for name in unknown}
+            changes["cb_kwargs"] = {**self.cb_kwargs, **extra}
         if changes.get("process_resp_cb") is not None and not callable(changes["process_resp_cb"]):
-            raise TypeError("process_resp_cb must be callable as cb(site, result)")
+            raise TypeError("process_resp_cb must be callable as cb(site, result, **cb_kwargs)")
         return attrs.evolve(self, **changes)
 
 
@@ -145,16 +162,24 @@ class Proxy:
             )
         opts = self._options
         interface = job.interface_of(self._target)
-        method = interface.resolve(method, opts.target)
-        interface.bind(method, args, kwargs)
+        checked = _checked_method(interface, method, args, kwargs, opts)
+        if checked is None:  # optional=True, and the target does not publish it: nothing is called
+            _log_skipped(self._target, method)
+            if opts.expect_result and not opts.blocking:
+                done: Future = Future()
+                done.set_result(None)
+                return done
+            return None
+        method = checked
         deadline = _deadline(ctx, opts)
         call = _new_call(ctx, self._target, method, args, kwargs, opts, deadline)
-        fut = job.backend.submit(call)
+        call.optional = opts.optional
+        fut = _filters.submit(ctx, call)  # the caller's output call filters, then the backend
         if not opts.expect_result:
             fut.add_done_callback(_log_fire_and_forget(call))
             return None
         if not opts.blocking:
-            return fut
+            return _filters.received_future(ctx, call, fut)
         remaining = call.remaining()
         helper = getattr(job.backend, "help", None)
         if remaining is None and helper is not None:
@@ -165,9 +190,45 @@ class Proxy:
         except TimeoutError:
             job.backend.cancel(call)
             raise _timeout_error(call, opts.timeout or job.default_timeout) from None
+        value = _filters.received(ctx, call, value)  # the caller's input result filters
         if opts.process_resp_cb is not None:
-            value = opts.process_resp_cb(self._target, value)
+            value = _process_response(ctx, opts, self._target, method, value)
         return value
+
+
+def _checked_method(interface: Any, method: str, args: tuple, kwargs: dict, opts: CallOptions) -> str | None:
+    """The published name a call of ``method`` reaches on a site of ``interface``, its arguments
+    checked; None for an ``optional=True`` call of a method the site does not publish."""
+    if method == events.FIRE_METHOD and opts.target is None:  # the system method every site answers
+        events.check_call(interface.methods, interface.owner, args, kwargs)
+        return method
+    method = interface.resolve(method, opts.target)
+    if opts.optional and method not in interface.methods:
+        return None
+    interface.bind(method, args, kwargs)
+    return method
+
+
+def _log_skipped(site: str, method: str) -> None:
+    import logging
+
+    logging.getLogger("collab.calls").info(
+        "optional call %s() on %s: %s does not publish it; nothing was called, the result is None",
+        method, site, site,
+    )
+
+
+def _process_response(ctx: SiteContext, opts: CallOptions, site: str, method: str, value: Any) -> Any:
+    """Run ``process_resp_cb(site, value, **cb_kwargs)`` on the caller's thread, in a call context
+    whose caller is the site that answered (``collab.caller``; a ``context`` parameter gets it)."""
+    outer = ctx.get_call_context()
+    cc = CallContext(ctx.site_name, site, ctx.site_name, ctx.job, method=method, props=outer.props,
+                     cancelled=outer.cancelled)
+    inner = SiteContext(ctx.site_name, ctx.job, ctx.workspace, ctx.call_cancelled, app_props=ctx.app_props,
+                        call_context=cc)
+    assert opts.process_resp_cb is not None
+    with active(inner):
+        return call_with_context(opts.process_resp_cb, cc, (site, value), dict(opts.cb_kwargs))
 
 
 def _objects_of(ctx: SiteContext | None, site: str) -> tuple[str, ...]:
@@ -241,13 +302,33 @@ class Group:
     def __call__(self, **options: Any) -> Group:
         return Group(self._targets, self._options.evolve(**options), self._ctx)
 
-    def __getitem__(self, site: str) -> Proxy:
+    def __getitem__(self, site: str | int | slice) -> Proxy | Group:
+        """``group["site-2"]`` and ``group[0]`` / ``group[-1]``: one site's Proxy (with the group's
+        call options); ``group[1:3]``: a Group of those sites. Positions follow :attr:`names`."""
+        if isinstance(site, slice):
+            return Group(self.names[site], attrs.evolve(self._options, targets=None), self._ctx)
+        if isinstance(site, int) and not isinstance(site, bool):
+            names = self.names
+            if not -len(names) <= site < len(names):
+                raise IndexError(f"site index {site} is out of range for a group of {len(names)} site(s): {names}")
+            site = names[site]
         if not isinstance(site, str):
-            raise TypeError(f"index a group by site name, e.g. collab.clients['site-1'], not {site!r}")
+            raise TypeError(f"index a group by site name, position or slice, e.g. collab.clients['site-1'], "
+                            f"collab.clients[0] or collab.clients[1:3]; not {site!r}")
         if site not in self._targets:
             raise KeyError(f"no site {site!r} in this group; sites are: {', '.join(self._targets)}")
         single = attrs.evolve(self._options, targets=None, min_responses=None, parallel=None)
         return Proxy(site, single, self._ctx)
+
+    @property
+    def size(self) -> int:
+        """The number of sites a call of this group goes to (NVFlare's ``group.size``)."""
+        return len(self.names)
+
+    @property
+    def members(self) -> list[Proxy]:
+        """The sites as Proxy objects, in order (NVFlare's ``group.members``)."""
+        return list(self)
 
     def __iter__(self) -> Iterator[Proxy]:
         return (self[s] for s in self.names)
@@ -276,10 +357,12 @@ class Group:
                 f"targets {unknown} are not in this group; choose from: {', '.join(self._targets)}"
             )
         interfaces = list(dict.fromkeys(job.interface_of(t) for t in targets))
-        if interfaces:
-            method = interfaces[0].resolve(method, opts.target)
-        for t in interfaces:
-            t.bind(method, args, kwargs)
+        checked = {i: _checked_method(i, method, args, kwargs, opts) for i in interfaces}
+        # optional=True: a site that does not publish the method answers None, nothing is sent to it
+        skipped = {t for t in targets if checked[job.interface_of(t)] is None}
+        method = next((m for m in checked.values() if m is not None), method)
+        for site in sorted(skipped, key=targets.index):
+            _log_skipped(site, method)
         needed = len(targets) if opts.min_responses is None else opts.min_responses
         if needed > len(targets):
             raise CallValidationError(
@@ -288,10 +371,13 @@ class Group:
         deadline = _deadline(ctx, opts)
         if not opts.expect_result:
             for site in targets:
+                if site in skipped:
+                    continue
                 call = _new_call(ctx, site, method, args, kwargs, opts, deadline)
-                job.backend.submit(call).add_done_callback(_log_fire_and_forget(call))
+                call.optional = opts.optional
+                _filters.submit(ctx, call, targets).add_done_callback(_log_fire_and_forget(call))
             return None
-        run = _GroupRun(ctx, method, args, kwargs, targets, opts, deadline, needed)
+        run = _GroupRun(ctx, method, args, kwargs, targets, opts, deadline, needed, skipped)
         if opts.blocking:
             for _ in run:
                 pass
@@ -304,8 +390,10 @@ class _GroupRun:
     thread; at the end, too few successes raise GroupCallError."""
 
     def __init__(self, ctx: SiteContext, method: str, args: tuple, kwargs: dict,
-                 targets: list[str], opts: CallOptions, deadline: float | None, needed: int):
+                 targets: list[str], opts: CallOptions, deadline: float | None, needed: int,
+                 skipped: set[str] | frozenset[str] = frozenset()):
         self.ctx = ctx
+        self.skipped = skipped
         self.method = method
         self.args = args
         self.kwargs = kwargs
@@ -325,6 +413,11 @@ class _GroupRun:
     def __next__(self) -> tuple[str, Any]:
         return next(self._iter)
 
+    def __len__(self) -> int:
+        """The number of successful results received so far, as NVFlare's live result queue counts
+        them (once iterated to the end: ``len(call.result())``); ``targets`` lists the sites called."""
+        return len(self.pairs)
+
     def result(self) -> GroupResult:
         return GroupResult(self._in_target_order(), self.failures)
 
@@ -335,12 +428,17 @@ class _GroupRun:
     def _launch(self) -> None:
         site = self._pending.popleft()
         call = _new_call(self.ctx, site, self.method, self.args, self.kwargs, self.opts, self.deadline)
+        call.optional = self.opts.optional
         self._in_flight[call.id] = call
-        try:
-            fut = self.ctx.job.backend.submit(call)
-        except CollabCallError as exc:
+        if site in self.skipped:  # an optional call of a method the site does not publish: None
             fut = Future()
-            fut.set_exception(exc)
+            fut.set_result(None)
+        else:
+            try:
+                fut = _filters.submit(self.ctx, call, self.targets)
+            except CollabCallError as exc:
+                fut = Future()
+                fut.set_exception(exc)
         self._launched.append(call)
         fut.add_done_callback(lambda f, c=call: self._arrived(c, f))
         self._unstarted.append(fut)
@@ -417,6 +515,13 @@ class _GroupRun:
                 if in_flight.pop(call.id, None) is None:
                     continue
                 exc = fut.exception()
+                if exc is None and call.target in self.skipped:
+                    value = None  # nothing was called (optional=True): no filters, no callback
+                elif exc is None:
+                    try:  # the caller's input result filters
+                        value = _filters.received(self.ctx, call, fut.result())
+                    except CollabCallError as filter_exc:
+                        exc = filter_exc
                 if exc is not None:
                     if not isinstance(exc, CollabCallError):
                         exc = CollabCallError(call.target, call.method, exc)
@@ -427,9 +532,8 @@ class _GroupRun:
                             c.target, c.method, RuntimeError("cancelled: the group call already failed")))
                         break
                 else:
-                    value = fut.result()
-                    if self.opts.process_resp_cb is not None:
-                        value = self.opts.process_resp_cb(call.target, value)
+                    if self.opts.process_resp_cb is not None and call.target not in self.skipped:
+                        value = _process_response(self.ctx, self.opts, call.target, self.method, value)
                     self.pairs.append((call.target, value))
                     yield call.target, value
                 if pending:
@@ -451,3 +555,6 @@ class _GroupRun:
         if reporter is not None:
             reporter.group_call(self.method, len(self.pairs), len(self.failures),
                                 time.monotonic() - self._began, self.failures)
+
+
+Sequence.register(Group)  # random.sample(collab.clients, 2) and friends, as with a list of proxies

@@ -33,6 +33,7 @@ from .loading import (
     CODE_DIR,
     DEFAULT_ALLOWED_MODULES,
     JOB_FILE,
+    JOB_SETTINGS,
     SCHEMA,
     VERSION,
     JobPolicy,
@@ -43,7 +44,7 @@ from .loading import (
     validate_job_config,
 )
 from .props import PROP_KEYS, validate_props_config
-from .recipe import CollabRecipe, RecipeBase
+from .recipe import CollabRecipe, RecipeBase, job_settings
 from .run import Run
 
 #: files at least this big are read as memory maps when a job folder is packed (not copied)
@@ -196,8 +197,14 @@ def export_job(recipe: RecipeBase, path: Path) -> Path:
             desc, module = _describe_object(obj, f"{role}_objects[{name!r}]")
             named.setdefault(f"{role}_objects", {})[name] = desc
             modules.append(module)
+    filter_config, decomposers = _filters_config(spec, modules)
     sources = _user_sources(modules)
     path = Path(path)
+    job_files = spec.files
+    for src in job_files.sources() if job_files else ():
+        if src.resolve().is_relative_to(path.resolve()) or path.resolve().is_relative_to(src.resolve()):
+            raise ExportError(f"cannot export to {path}: the job's file {src} is inside it (or it is inside "
+                              f"that folder); export to another folder")
     if path.exists() and any(path.iterdir()):
         if not (path / JOB_FILE).exists():
             raise ExportError(f"{path} exists and is not a job folder; choose an empty or new folder")
@@ -229,8 +236,43 @@ def export_job(recipe: RecipeBase, path: Path) -> Path:
     for key in PROP_KEYS:  # optional keys: jobs without properties look as they always did
         if (spec.props or {}).get(key):
             config[key] = spec.props[key]
+    config.update(job_settings(recipe))  # optional: sync_task_timeout, max_call_threads_* when set
+    if filter_config:  # optional: [{side, direction, object | name+options, tasks, clients, instance}]
+        config["filters"] = filter_config
+    if decomposers:  # optional: import paths of the job's wire serializers
+        config["decomposers"] = decomposers
+    if job_files:  # optional keys server_files, client_files, server/client_resource_dirs: names
+        job_files.export_to(path)
+        config.update(job_files.to_config())
     (path / JOB_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def _filters_config(spec: Any, modules: list[types.ModuleType]) -> tuple[list[dict], list[str]]:
+    """job.json's "filters" and "decomposers" of a JobSpec; their modules join ``modules`` (so
+    their code travels with the job)."""
+    from . import filters as _filters
+
+    def describe(obj: Any, where: str) -> dict[str, Any]:
+        desc, module = _describe_object(obj, where)
+        modules.append(module)
+        return desc
+
+    config = _filters.to_config(spec.filters, describe)
+    paths = []
+    for item in spec.decomposers:
+        path = _filters.decomposer_path(item, _module_name)
+        module = sys.modules.get(item.__module__) if not isinstance(item, str) else next(
+            (sys.modules[p] for p in _prefixes(path) if p in sys.modules), None)
+        if module is not None:
+            modules.append(module)
+        paths.append(path)
+    return config, paths
+
+
+def _prefixes(path: str) -> list[str]:
+    parts = path.replace(":", ".").split(".")
+    return [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
 
 
 def read_job_config(path: str | Path) -> dict[str, Any]:
@@ -265,6 +307,7 @@ def load_job(path: str | Path) -> CollabRecipe:
         min_clients=config["min_clients"],
         required_plugins=config.get("required_plugins", ()),
         tracking=config.get("tracking") or None,
+        **{name: config[name] for name in JOB_SETTINGS if name in config},
     )
     props = config["props"]
     for name, value in props["server_props"].items():
@@ -273,6 +316,14 @@ def load_job(path: str | Path) -> CollabRecipe:
         recipe.set_client_prop(name, value)
     if props["per_site_config"]:
         recipe.set_per_site_config(props["per_site_config"])
+    from . import filters as _filters
+
+    recipe._filters_of().extend(_filters.from_config(config.get("filters"), build_object))
+    if config.get("decomposers"):
+        recipe.add_decomposers(config["decomposers"])
+    from .site_workspace import JobFiles
+
+    recipe._job_files = JobFiles.from_job_folder(path, config)  # checked: names, kinds, no link out
     return recipe
 
 
@@ -354,15 +405,18 @@ def _job_files(root: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def pack_job(path: str | Path) -> dict[str, Any]:
+def pack_job(path: str | Path, exclude: Any = None) -> dict[str, Any]:
     """Every file of a job folder as {relative posix path: wire.Blob} (to send it to another
-    process): big files are memory maps, so packing a job costs no copy of its bytes."""
+    process): big files are memory maps, so packing a job costs no copy of its bytes. ``exclude``
+    (a function of the relative path) leaves files out, e.g. the server's own files."""
     from . import wire
 
     path = Path(path)
     read_job_config(path)
     files: dict[str, Any] = {}
     for rel, file in _job_files(path):
+        if exclude is not None and exclude(rel):
+            continue
         size = file.stat().st_size
         if size >= _MMAP_FILES:
             with open(file, "rb") as f:

@@ -90,6 +90,26 @@ def _check_descriptor(desc: object, role: str, file: str) -> None:
         raise RecipeError(f"{file}: the {role}'s args must be an object of keyword arguments, got {args!r}")
 
 
+#: CollabRecipe's run settings, recorded in job.json when set (None: the environment's default)
+JOB_SETTINGS = ("sync_task_timeout", "max_call_threads_for_server", "max_call_threads_for_client")
+
+
+def check_job_setting(name: str, value: Any, where: str = "CollabRecipe") -> Any:
+    """Validate one of :data:`JOB_SETTINGS`: ``sync_task_timeout`` a positive number of seconds,
+    the ``max_call_threads_*`` integers >= 1; None leaves the environment's default."""
+    if value is None:
+        return None
+    if name == "sync_task_timeout":
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or value == float("inf"):
+            raise RecipeError(f"{where}: sync_task_timeout must be a positive number of seconds "
+                              f"(how long the job waits for its sites at the start), got {value!r}")
+        return float(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise RecipeError(f"{where}: {name} must be an integer >= 1 (the number of calls a "
+                          f"{'server' if name.endswith('server') else 'client site'} serves at once), got {value!r}")
+    return value
+
+
 def validate_job_config(config: object, file: str = JOB_FILE) -> dict[str, Any]:
     """Check a job.json document as a server and every site do before using it (a job is hostile
     input). Raises RecipeError naming the first problem."""
@@ -128,11 +148,26 @@ def validate_job_config(config: object, file: str = JOB_FILE) -> dict[str, Any]:
     if not isinstance(tracking, list) or not all(isinstance(t, dict) and isinstance(t.get("name"), str)
                                                  for t in tracking):
         raise RecipeError(f"{file}: tracking must be a list of {{name, options}} objects")
+    for name in JOB_SETTINGS:  # optional keys (CollabRecipe's sync_task_timeout, max_call_threads_*)
+        if name in config:
+            check_job_setting(name, config[name], file)
+    from .filters import validate_config
+
+    validate_config(config.get("filters"), file, _check_descriptor)
+    decomposers = config.get("decomposers", [])
+    if not isinstance(decomposers, list) or not all(
+            isinstance(d, str) and len(d) <= 512 and "." in d.replace(":", ".")
+            and _MODULE_RE.fullmatch(d.replace(":", "."))
+            and not any(p.startswith("__") for p in d.replace(":", ".").split(".")) for d in decomposers):
+        raise RecipeError(f"{file}: decomposers must be a list of import paths like 'mypkg.types.Point'")
     code = config.get("code", [])
     if not isinstance(code, list):
         raise RecipeError(f"{file}: code must be a list of paths")
     for rel in code:
         check_job_path(rel, "code file")
+    from .site_workspace import validate_files_config
+
+    validate_files_config(config, file)  # optional server_files/client_files/..._resource_dirs
     return config
 
 

@@ -14,7 +14,7 @@ import attrs
 
 from .app import App, check_object_names, describe
 from .errors import RecipeError
-from .loading import check_job_name, stop_if_loading_job
+from .loading import JOB_SETTINGS, check_job_name, check_job_setting, stop_if_loading_job
 from .props import check_json_value, check_per_site_config, check_prop_name, empty_props
 from .registry import check_required_plugins
 from .run import Run
@@ -37,6 +37,12 @@ class JobSpec:
     #: named objects of each side (server_objects= / client_objects=): name -> object or module
     server_objects: dict[str, Any] = attrs.field(factory=dict)
     client_objects: dict[str, Any] = attrs.field(factory=dict)
+    #: the files and resource dirs that travel with the job (collab_core.site_workspace.JobFiles)
+    files: Any = None
+    #: call and result filters (add_server_output_filter, ...): collab_core.filters.FilterSpec
+    filters: tuple[Any, ...] = ()
+    #: wire serializers for this job (add_decomposers): import paths
+    decomposers: tuple[str, ...] = ()
 
 
 class Environment(Protocol):
@@ -209,7 +215,8 @@ class RecipeBase:
         checked = check_per_site_config(config)
         if not checked:
             raise RecipeError("set_per_site_config got an empty dict; pass {site name: {name: value}}")
-        props["per_site_config"] = checked
+        for site, values in checked.items():  # on top of add_client_config(..., clients=[...])
+            props["per_site_config"].setdefault(site, {}).update(values)
         self._per_site_set = True
         return self
 
@@ -217,11 +224,161 @@ class RecipeBase:
         """The site names the per-site config describes (in the order given)."""
         return list(self._props_of()["per_site_config"])
 
+    # -- files that travel with the job (collab_core.site_workspace) ---------------------------
+
+    def _files_of(self) -> Any:
+        if getattr(self, "_job_files", None) is None:  # also for a subclass that skipped __init__
+            from .site_workspace import JobFiles
+
+            self._job_files = JobFiles()
+        return self._job_files
+
+    def add_server_file(self, file_path: str | Path) -> RecipeBase:
+        """Send a file or folder with the job to the server: it is at ``collab.workspace / name``
+        there (``name``: its own name) before the server's @collab.init runs. Relative paths are
+        looked for in the working directory, then next to the module that builds the recipe."""
+        self._files_of().add_file("server", file_path, _caller_dir())
+        return self
+
+    def add_client_file(self, file_path: str | Path) -> RecipeBase:
+        """Send a file or folder with the job to every client: each site has its own copy at
+        ``collab.workspace / name`` before its @collab.init runs."""
+        self._files_of().add_file("client", file_path, _caller_dir())
+        return self
+
+    def set_server_resource_dirs(self, resource_dirs: dict[str, str | Path]) -> RecipeBase:
+        """Send folders with the job to the server, by name (``{"data": "path/to/data"}``, replacing
+        earlier ones): ``collab.workspace.get_resource_dir("data")`` is the server's copy."""
+        self._files_of().set_resource_dirs("server", resource_dirs, _caller_dir())
+        return self
+
+    def set_client_resource_dirs(self, resource_dirs: dict[str, str | Path]) -> RecipeBase:
+        """Send folders with the job to every client, by name: on each site
+        ``collab.workspace.get_resource_dir(name)`` is that site's own copy."""
+        self._files_of().set_resource_dirs("client", resource_dirs, _caller_dir())
+        return self
+
     # -- named objects ----------------------------------------------------------------------------
 
     def _named_objects(self) -> tuple[dict[str, Any], dict[str, Any]]:
         return (check_object_names(getattr(self, "server_objects", None), "server"),
                 check_object_names(getattr(self, "client_objects", None), "client"))
+
+    # -- filters, top-level config, decomposers (collab_core.filters) --------------------------------
+
+    def _filters_of(self) -> list[Any]:
+        if not hasattr(self, "_filters"):
+            self._filters: list[Any] = []
+            self._filter_instances: dict[int, int] = {}
+        return self._filters
+
+    def _add_filter(self, side: str, direction: str, filter: Any, tasks: Any, clients: Any,
+                    options: dict[str, Any] | None) -> RecipeBase:
+        from . import filters as _filters
+
+        specs = self._filters_of()
+        what = f"add_{side}_{'input' if direction == 'in' else 'output'}_filter"
+        items = filter if isinstance(filter, (list, tuple)) else [filter]
+        if not items:
+            raise RecipeError(f"{what} got an empty list of filters")
+        patterns = _filters.check_patterns(tasks)
+        sites = _filters.check_clients(clients)
+        for item in items:
+            if isinstance(item, str):
+                from .registry import get_registry
+
+                get_registry().filter(item)  # not installed: fails here, naming what is
+                opts = check_json_value(dict(options or {}), f"{what}({item!r}) options")
+                spec = _filters.FilterSpec(side, direction, None, item, opts, patterns, sites,
+                                           _filters.new_instance_id())
+            else:
+                if options:
+                    raise RecipeError(f"{what}: options= is for a registered filter named by a string; "
+                                      f"give a filter object its settings in its constructor")
+                if item is None:
+                    raise RecipeError(f"{what} got None; pass a filter object or a registered filter's name")
+                _filters.check_filter_object(item, direction, what)
+                instance = self._filter_instances.setdefault(id(item), _filters.new_instance_id())
+                spec = _filters.FilterSpec(side, direction, item, None, {}, patterns, sites, instance)
+            specs.append(spec)
+        return self
+
+    def add_server_output_filter(self, filter: Any, tasks: Any = None, *,
+                                 options: dict[str, Any] | None = None) -> RecipeBase:
+        """Filter what the server sends: the arguments of the calls it makes (its call filters)
+        and the results it returns (its result filters), before they are encoded. ``filter`` is
+        an object with ``@collab.call_filter`` / ``@collab.result_filter`` methods (or a list of
+        them), or the name of a registered filter built with ``options``. ``tasks`` limits it to
+        some methods (names or shell patterns; ``"*.train"`` matches ``<object>.train``)."""
+        return self._add_filter("server", "out", filter, tasks, None, options)
+
+    def add_server_input_filter(self, filter: Any, tasks: Any = None, *,
+                                options: dict[str, Any] | None = None) -> RecipeBase:
+        """Filter what the server receives: the results of its calls and the arguments of the
+        calls it serves, after they are decoded. See :meth:`add_server_output_filter`."""
+        return self._add_filter("server", "in", filter, tasks, None, options)
+
+    def add_client_input_filter(self, filter: Any, tasks: Any = None, clients: Any = None, *,
+                                options: dict[str, Any] | None = None) -> RecipeBase:
+        """Filter what each client receives (the calls it serves, the results of its own calls);
+        ``clients`` limits it to some sites. Each site gets its own copy of a filter object."""
+        return self._add_filter("client", "in", filter, tasks, clients, options)
+
+    def add_client_output_filter(self, filter: Any, tasks: Any = None, clients: Any = None, *,
+                                 options: dict[str, Any] | None = None) -> RecipeBase:
+        """Filter what each client sends (its results, the arguments of its own calls);
+        ``clients`` limits it to some sites. Each site gets its own copy of a filter object."""
+        return self._add_filter("client", "out", filter, tasks, clients, options)
+
+    def add_server_config(self, config: dict[str, Any]) -> RecipeBase:
+        """Top-level configuration of the server app: each key becomes a server app property
+        (``collab.get_app_prop(key)``). JSON data."""
+        if not isinstance(config, dict):
+            raise RecipeError(f"add_server_config takes a dict of name: value, got {type(config).__name__}")
+        for name, value in config.items():
+            self.set_server_prop(name, value)
+        return self
+
+    def add_client_config(self, config: dict[str, Any], clients: Any = None) -> RecipeBase:
+        """Top-level configuration of the client apps: each key becomes a client app property,
+        on every client, or with ``clients=["site-1", ...]`` on those sites only (as per-site
+        config). JSON data."""
+        from .filters import check_clients
+
+        if not isinstance(config, dict):
+            raise RecipeError(f"add_client_config takes a dict of name: value, got {type(config).__name__}")
+        sites = check_clients(clients)
+        if sites is None:
+            for name, value in config.items():
+                self.set_client_prop(name, value)
+            return self
+        checked = check_per_site_config({site: dict(config) for site in sites}, "add_client_config")
+        per_site = self._props_of()["per_site_config"]
+        for site, values in checked.items():
+            per_site.setdefault(site, {}).update(values)
+        return self
+
+    def add_decomposers(self, decomposers: Iterable[Any]) -> RecipeBase:
+        """Wire serializers this job's values need, registered on every site when the job starts:
+        import paths (``"mypkg.types.Point"``) or the objects, each an attrs class or dataclass
+        (registered as with ``wire.register_type``), a ``wire.Serializer``, or a function returning
+        Serializers. Checked here; recorded by import path, so they travel to PocEnv sites."""
+        from .filters import check_decomposer
+
+        if isinstance(decomposers, (str, type)) or not isinstance(decomposers, Iterable):
+            decomposers = [decomposers]
+        paths = [check_decomposer(d) for d in decomposers]
+        if not paths:
+            raise RecipeError("add_decomposers got an empty list")
+        if not hasattr(self, "_decomposers"):
+            self._decomposers: list[str] = []
+        self._decomposers.extend(p for p in paths if p not in self._decomposers)
+        return self
+
+    def process_env(self, env: Any) -> None:
+        """Called with the environment before the recipe is deployed to it (``execute``, and
+        ``export(path, env=...)``). Override it to adapt the job to an environment; the default
+        does nothing."""
 
     # -- running ----------------------------------------------------------------------------------
 
@@ -248,6 +405,9 @@ class RecipeBase:
             props=copy.deepcopy(self._props_of()),
             server_objects=server_objects,
             client_objects=client_objects,
+            files=self._files_of().copy(),
+            filters=tuple(self._filters_of()),
+            decomposers=tuple(getattr(self, "_decomposers", ())),
         )
 
     def check(self) -> None:
@@ -266,11 +426,16 @@ class RecipeBase:
                 f"{env!r} is not an environment (it has no deploy method); pass e.g. SimEnv(num_clients=5)"
             )
         self.check()
+        self.process_env(env)
         return deploy(self)
 
-    def export(self, path: str | Path) -> Path:
-        """Write this recipe as a job folder (job.json plus the user's source files)."""
+    def export(self, path: str | Path, env: Any = None) -> Path:
+        """Write this recipe as a job folder (job.json plus the user's source files); with ``env``,
+        :meth:`process_env` sees it first."""
         from .job import export_job
+
+        if env is not None:
+            self.process_env(env)
 
         return export_job(self, Path(path))
 
@@ -358,7 +523,15 @@ class CollabRecipe(RecipeBase):
         command: str | None = None,
         subprocess_timeout: float = 600.0,
         tracking: Any = None,
+        sync_task_timeout: float | None = None,
+        max_call_threads_for_server: int | None = None,
+        max_call_threads_for_client: int | None = None,
     ):
+        self.sync_task_timeout = check_job_setting("sync_task_timeout", sync_task_timeout)
+        self.max_call_threads_for_server = check_job_setting("max_call_threads_for_server",
+                                                             max_call_threads_for_server)
+        self.max_call_threads_for_client = check_job_setting("max_call_threads_for_client",
+                                                             max_call_threads_for_client)
         if server is None and client is None and train_script is None:
             server = client = _caller_module()
         elif server is None:
@@ -389,3 +562,9 @@ class CollabRecipe(RecipeBase):
             f"CollabRecipe(job_name={self.job_name!r}, server={describe(self.server)}, "
             f"client={describe(self.client)}, min_clients={self.min_clients})"
         )
+
+
+def job_settings(recipe: Any) -> dict[str, Any]:
+    """The run settings a recipe set (only those not None), as job.json records them."""
+    return {name: getattr(recipe, name) for name in JOB_SETTINGS if getattr(recipe, name, None) is not None}
+

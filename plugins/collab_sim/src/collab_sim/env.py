@@ -11,15 +11,16 @@ from concurrent.futures import wait
 from pathlib import Path
 from typing import Any
 
-from collab_core import progress, props, topology, tracking, workspaces
+from collab_core import filters, progress, props, topology, tracking, workspaces
 from collab_core.app import App, make_client_object
 from collab_core.errors import RecipeError
 from collab_core.executor import ElasticExecutor
 from collab_core.logs import capture_site_logs, site_prints
 from collab_core.progress import level_of as progress_level
+from collab_core.recipe import job_settings
 from collab_core.registry import get_registry
 from collab_core.run import Run
-from collab_core.runtime import SERVER, JobRuntime, SiteRuntime
+from collab_core.runtime import CALL_THREADS, SERVER, JobRuntime, SiteRuntime
 
 from .backend import ISOLATION_MODES
 
@@ -118,9 +119,19 @@ class SimEnv:
         job.tracking = list(spec.tracking)
         job.props = {**props.empty_props(), **(spec.props or {})}
         job.backend_type = self.name
+        settings = job_settings(recipe)  # CollabRecipe(sync_task_timeout=, max_call_threads_for_*=)
+        limits = {"server": settings.get("max_call_threads_for_server"),
+                  "client": settings.get("max_call_threads_for_client")}
+        if any(v is not None for v in limits.values()):
+            job.extras[CALL_THREADS] = limits
+        sync_timeout = settings.get("sync_task_timeout")
+        if spec.files:  # the job's files: copied into each site's folder (each site has its own)
+            job.files = spec.files
         job.topology = self.topology
         reporter = progress.Progress(spec.job_name, progress_level(self.progress, "SimEnv"))
         job.extras["progress"] = reporter
+        filters.install_all(job, spec.filters, [SERVER, *self.clients], copy=True)  # each site its own
+        undo_decomposers = filters.activate_decomposers(spec.decomposers)
         hub = tracking.build_hub(job.tracking, workspace / SERVER, spec.job_name)
         if hub is not None:
             job.extras["tracking_hub"] = hub
@@ -136,7 +147,13 @@ class SimEnv:
             reporter.started("SimEnv", self.num_clients, workspace, hierarchy=self.topology.describe())
             props.warn_unknown_sites(job.props, self.clients, spec.job_name)
             try:
-                wait([executor.submit(s.start) for s in sites.values()])
+                starts = {n: executor.submit(s.start) for n, s in sites.items()}
+                _, late = wait(list(starts.values()), timeout=sync_timeout)
+                for n, fut in starts.items():
+                    if fut in late:  # sync_task_timeout bounds the clients' @collab.init phase
+                        sites[n].init_error = TimeoutError(
+                            f"@collab.init did not finish within the recipe's sync_task_timeout={sync_timeout:g} s")
+                        log.error("job %s: %s: %s", spec.job_name, n, sites[n].init_error)
                 ready = [n for n, s in sites.items() if s.init_error is None]
                 server.start()
                 if server.init_error is not None:
@@ -169,6 +186,7 @@ class SimEnv:
                     log.warning("job %s: %d call(s) ignored cancellation and were abandoned after %.0f s: %s",
                                 spec.job_name, len(ignored), self.final_timeout, ", ".join(ignored[:10]))
                 _warn_shared_module_state(spec.client, module_state, self.num_clients)
+                undo_decomposers()
                 reporter.finished(status, time.monotonic() - started, error)
             if error and status != "finished":
                 log.warning("job %s failed; see %s", spec.job_name, handler.path_for(SERVER))

@@ -32,10 +32,13 @@ def new_wire_id() -> int:
 
 
 def call_message(job: str, call: Call, wire_id: int) -> dict:
-    return {
+    msg = {
         "t": "call", "job": job, "id": wire_id, "caller": call.caller, "target": call.target,
         "method": call.method, "args": list(call.args), "kwargs": call.kwargs, "expect": call.expect_result,
     }
+    if call.optional:  # a site that does not publish the method answers None (CallOptions.optional)
+        msg["optional"] = True
+    return msg
 
 
 class RecentIds:
@@ -270,7 +273,8 @@ class CallServer:
             self._reply(conn, msg, False, error=ValueError("malformed call message"))
             return
         call = Call(caller=caller, target=self.site.site_name, method=msg["method"], args=tuple(args),
-                    kwargs=kwargs, expect_result=bool(msg.get("expect", True)), secure="sealed" in msg)
+                    kwargs=kwargs, expect_result=bool(msg.get("expect", True)), secure="sealed" in msg,
+                    optional=msg.get("optional") is True)
         key = (id(conn), msg["id"])
         with self._lock:
             self._running[key] = call

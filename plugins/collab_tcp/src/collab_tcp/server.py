@@ -30,7 +30,8 @@ from collab_core.executor import ElasticExecutor
 from collab_core.job import JobCode, pack_job, unpack_job, validate_job_config
 from collab_core.loading import JOB_FILE, check_job_name
 from collab_core.logs import capture_site_logs, site_prints
-from collab_core.runtime import SERVER, JobRuntime, SiteRuntime
+from collab_core.runtime import CALL_THREADS, SERVER, JobRuntime, SiteRuntime
+from collab_core.site_workspace import JobFiles, is_server_only
 
 from .connection import Connection, ConnectionClosed, Heartbeats, handshake
 from .jobs import JobRecord, JobStore, Relay
@@ -489,6 +490,7 @@ class Server:
             job_id = f"{name}-{uuid.uuid4().hex[:8]}"
             folder = self.store.folder(job_id) / "job"
             unpack_job(files, folder)
+            JobFiles.from_job_folder(folder, config)  # its files and resource dirs are there, confined
         except (RecipeError, OSError) as exc:
             if folder is not None:
                 shutil.rmtree(folder.parent, ignore_errors=True)
@@ -613,6 +615,9 @@ class Server:
                        allowed_modules=self.kit.allowed_modules)
         config = code.config
         min_clients = int(config["min_clients"])
+        sync = config.get("sync_task_timeout")  # CollabRecipe(sync_task_timeout=), validated with job.json
+        if sync is not None:  # bounds the wait for the sites to connect, then for them to be ready
+            job.wait_timeout = job.deploy_timeout = float(sync)
         # 1. the sites
         if job.sites and len(job.sites) < min_clients:
             raise_failed(job, f"the job names {len(job.sites)} site(s) ({job.sites}) but needs min_clients="
@@ -667,7 +672,7 @@ class Server:
         if info is None:
             return
         try:
-            files = pack_job(job.folder)
+            files = pack_job(job.folder, exclude=is_server_only)  # the server's own files stay here
         except (RecipeError, OSError) as exc:
             log.error("job %s: cannot read the job folder to deploy it: %s", job.id, exc)
             return
@@ -717,12 +722,16 @@ class Server:
         runtime = JobRuntime(job.name, ready, backend, {"server": server_app.interface, "client": client_interface},
                              job.workspace)
         runtime.extras["job_policy"] = code.policy
+        if code.config.get("max_call_threads_for_server") is not None:  # calls the server serves at once
+            runtime.extras[CALL_THREADS] = {"server": code.config["max_call_threads_for_server"]}
         runtime.extras["progress"] = progress.Progress(job.name, "normal",
                                                        on_line=lambda text: self._to_followers(
                                                            job, {"t": "progress", "job": job.id, "line": text}))
         runtime.tracking = list(code.config.get("tracking") or [])
         runtime.props = job.deploy_info["props"]
         runtime.backend_type = job.deploy_info["backend_type"]
+        # the server's files and resource dirs: hard links into its workspace (the job folder stays whole)
+        runtime.files = JobFiles.from_job_folder(job.folder, code.config, roles=("server",), mode="link")
         runtime.topology = topology.Topology(ready, job.parents)
         props.warn_unknown_sites(runtime.props, ready, job.name, log)
         hub = tracking.build_hub(runtime.tracking, job.workspace / SERVER, job.name)

@@ -16,7 +16,8 @@ from collab_core.job import JobCode, unpack_job
 from collab_core.loading import JOB_ID_RE, check_job_name
 from collab_core.logs import FORMAT, SiteFilter, site_prints
 from collab_core.props import validate_props_config
-from collab_core.runtime import JobRuntime, SiteRuntime
+from collab_core.runtime import CALL_THREADS, JobRuntime, SiteRuntime
+from collab_core.site_workspace import JobFiles, is_server_only
 from collab_core.topology import Topology, check_parents
 
 from .connection import Connection, ConnectionClosed, dial_server
@@ -282,6 +283,7 @@ class SiteAgent:
             files = msg["files"]
             if not self.kit.allow_custom_code:
                 files = {k: v for k, v in files.items() if not k.startswith("code/")}
+            files = {k: v for k, v in files.items() if not is_server_only(k)}  # never the server's files
             unpack_job(files, job.folder / "job")
             del files
             msg.pop("files", None)  # the job's bytes are on disk now: keep no copy in memory
@@ -302,12 +304,17 @@ class SiteAgent:
             job.runtime = JobRuntime(job.name, participants, job.backend,
                                      {"server": server_interface, "client": app.interface}, job.folder / "workspace")
             job.runtime.extras["job_policy"] = job.code.policy
+            if job.code.config.get("max_call_threads_for_client") is not None:  # calls this site serves at once
+                job.runtime.extras[CALL_THREADS] = {"client": job.code.config["max_call_threads_for_client"]}
             job.runtime.tracking = list(msg.get("tracking") or [])
             job.runtime.props = validate_props_config(msg.get("props") or {}, "the deploy message")
             backend_type = msg.get("backend_type") or "prod"
             if not isinstance(backend_type, str):
                 raise ValueError("malformed deploy: backend_type must be a string")
             job.runtime.backend_type = backend_type
+            # the job's client files and resource dirs move from the job folder into the site's workspace
+            job.runtime.files = JobFiles.from_job_folder(job.folder / "job", job.code.config, roles=("client",),
+                                                         mode="move")
             # a hierarchy: who is whose child among the participants (hostile input: checked here)
             parents = check_parents(msg.get("parents"), participants, "the deploy message's parents")
             job.runtime.topology = Topology(participants, parents)
