@@ -6,12 +6,12 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from .errors import CollabError
+from .site_workspace import SiteWorkspace, as_workspace
 
 if TYPE_CHECKING:
     from .runtime import CancelFlag, JobRuntime
@@ -66,7 +66,8 @@ class SiteContext:
 
     site_name: str
     job: JobRuntime
-    workspace: Path
+    #: collab.workspace: the site's folder (os.PathLike, with get_work_dir/get_run_dir/get_resource_dir)
+    workspace: SiteWorkspace = attrs.field(converter=as_workspace)
     #: set when the current call is cancelled or timed out at its caller
     call_cancelled: CancelFlag | None = None
     #: this site's app properties (shared by every call on the site; collab.get_app_prop)
