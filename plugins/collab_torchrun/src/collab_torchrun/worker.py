@@ -195,12 +195,15 @@ def _connect(spec: dict, rank: int, world: int) -> tuple[Any, queue.Queue]:
 def _site_context(spec: dict) -> None:
     from collab_core import context
     from collab_core.runtime import JobRuntime
+    from collab_core.site_workspace import SiteWorkspace
 
-    job = JobRuntime(spec.get("job", "job"), [spec["site"]], _NoCalls(), {}, Path(spec.get("workspace", ".")))
+    # the site's own folder (its collab.workspace, with the job's files) lies in the run's folder
+    site_ws = Path(spec.get("workspace", ".")).absolute()
+    job = JobRuntime(spec.get("job", "job"), [spec["site"]], _NoCalls(), {}, site_ws.parent)
     job.backend_type = str(spec.get("backend_type") or "sim")
     app_props = dict(spec.get("app_props") or {})  # the site's own, already merged: its SiteRuntime starts with them
     job.props = {"server_props": {}, "client_props": app_props, "per_site_config": {}}
-    context.set_process_default(context.SiteContext(spec["site"], job, Path(spec.get("workspace", ".")),
+    context.set_process_default(context.SiteContext(spec["site"], job, SiteWorkspace(site_ws, run_dir=site_ws.parent),
                                                     app_props=dict(app_props)))
 
 
