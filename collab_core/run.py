@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,30 @@ class Run:
     tracking: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     #: every site of the run, the server first (a site that logged nothing has no entry in ``logs``)
     sites: list[str] = attrs.field(factory=list)
+    #: unique per run (NVFlare's job id): the workspace folder's name where the environment named
+    #: it (``<job>-<time>-<hex>``), else ``<job>-<hex>``
+    job_id: str = ""
 
-    def get_result(self) -> Any:
-        """The result (the seeds' spelling)."""
+    def get_result(self, timeout: float = 0.0, clean_up: bool = True) -> Any:
+        """The result (the seeds' spelling). NVFlare's ``timeout`` and ``clean_up`` are accepted for
+        programs written for it: ``execute`` returns once the job ended, so there is nothing to wait
+        for, and the run's workspace is kept either way (see ``collab clean``). Unlike NVFlare's,
+        which returns the result folder's path, this is what ``@collab.main`` returned; the folder
+        is :attr:`workspace`."""
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
         return self.result
 
     def get_status(self) -> str:
         return self.status
+
+    def get_job_id(self) -> str:
+        """The run's id (NVFlare's ``Run.get_job_id``), unique per run: see :attr:`job_id`."""
+        return self.job_id
+
+    def abort(self) -> None:
+        """NVFlare's ``Run.abort``: a no-op here, as it is in NVFlare once the run has stopped, since
+        ``execute`` returns only after the job ended."""
 
     def log(self, site: str) -> str:
         """The text of ``site``'s log ("" for a site of the job that logged nothing)."""
@@ -62,6 +80,10 @@ class Run:
         if not self.sites:
             self.sites = list(self.logs)
         self.logs = {site: Path(p) for site, p in self.logs.items() if Path(p).is_file()}
+        if not self.job_id:
+            folder = Path(self.workspace).name if self.workspace is not None else ""
+            named = folder.startswith(f"{self.job_name}-")
+            self.job_id = folder if named else f"{self.job_name}-{uuid.uuid4().hex[:12]}"
 
     def raise_for_status(self) -> Run:
         if self.status != "finished":
