@@ -47,6 +47,8 @@ def shape_of(num_clients: object, owner: str = "SimEnv") -> tuple[int, ...]:
                           f"{type(num_clients).__name__} {num_clients!r}; e.g. {example}")
     if not num_clients:
         raise RecipeError(f"{owner} num_clients=() names no level; e.g. {example}")
+    if len(num_clients) > MAX_DEPTH:
+        raise RecipeError(f"{owner} num_clients has {len(num_clients)} levels; at most {MAX_DEPTH} are allowed")
     for level, count in enumerate(num_clients):
         what = ("top-level sites" if level == 0 else "children of each top-level site" if level == 1
                 else f"children of each site at level {level}")
@@ -56,8 +58,6 @@ def shape_of(num_clients: object, owner: str = "SimEnv") -> tuple[int, ...]:
         if count < 1:
             raise RecipeError(f"{owner} num_clients={tuple(num_clients)!r}: the number of {what} must be "
                               f">= 1, got {count}; e.g. {example}")
-    if len(num_clients) > MAX_DEPTH:
-        raise RecipeError(f"{owner} num_clients has {len(num_clients)} levels; at most {MAX_DEPTH} are allowed")
     total, width = 0, 1
     for count in num_clients:
         width *= count
