@@ -24,6 +24,14 @@ def collab_register_recipes(register):
 
 
 @hookimpl
+def collab_register_filters(register):
+    from .filters import ExcludeVars, IncludeVars
+
+    register("exclude_vars", ExcludeVars)
+    register("include_vars", IncludeVars)
+
+
+@hookimpl
 def collab_register_commands(register):
     from .cli import core_commands
 

@@ -330,6 +330,10 @@ class Group:
         """The sites as Proxy objects, in order (NVFlare's ``group.members``)."""
         return list(self)
 
+    def __contains__(self, site: object) -> bool:
+        """``"site-2" in collab.clients`` (a site name or a Proxy)."""
+        return (site.name if isinstance(site, Proxy) else site) in self.names
+
     def __iter__(self) -> Iterator[Proxy]:
         return (self[s] for s in self.names)
 

@@ -36,6 +36,8 @@ RegisterTracker = Callable[[str, Callable[..., Any]], None]
 RegisterEnvironment = Callable[[str, Callable[..., Any]], None]
 #: ``register(name, recipe_class)``
 RegisterRecipe = Callable[[str, type], None]
+#: ``register(name, factory)``
+RegisterFilter = Callable[[str, Callable[..., Any]], None]
 #: ``register(command)`` -- a :class:`collab_core.registry.Command`
 RegisterCommand = Callable[[Any], None]
 
@@ -130,6 +132,24 @@ def collab_register_recipes(register: RegisterRecipe) -> None:
         @hookimpl
         def collab_register_recipes(register):
             register("split-learning", SplitLearningRecipe)
+    """
+
+
+@hookspec
+def collab_register_filters(register: RegisterFilter) -> None:
+    """Register call and result filters that recipes add by name (:mod:`collab_core.filters`).
+
+    Call ``register(name, factory)``; ``factory(**options)`` returns a filter object, one on each
+    site that runs it: an object with ``@collab.call_filter`` / ``@collab.result_filter`` methods
+    (or their ``in_`` / ``out_`` forms). A recipe adds it with
+    ``recipe.add_client_output_filter("name", options={...})``; the options are JSON data, so the
+    filter travels in the job folder by name.
+
+    Example::
+
+        @hookimpl
+        def collab_register_filters(register):
+            register("round-floats", RoundFloats)   # RoundFloats(digits=3)
     """
 
 

@@ -45,6 +45,7 @@ KINDS: dict[str, str] = {
     "tracker": "collab_register_trackers",
     "environment": "collab_register_environments",
     "recipe": "collab_register_recipes",
+    "filter": "collab_register_filters",
     "command": "collab_register_commands",
 }
 
@@ -247,6 +248,10 @@ class Registry:
 
     def recipe(self, name: str) -> Any:
         return self.get("recipe", name)
+
+    def filter(self, name: str) -> Any:
+        """The factory of the registered call/result filter ``name`` (see collab_core.filters)."""
+        return self.get("filter", name)
 
     def command(self, name: str) -> Command:
         return self.get("command", name)

@@ -58,8 +58,10 @@ from ._codec import (
     dumps,
     loads,
     qualified_name,
+    register_serializer,
     register_type,
     registered_types,
+    unregister_serializer,
     unregister_type,
 )
 from ._frame import (
@@ -95,8 +97,10 @@ __all__ = [
     "read_frame",
     "read_frame_from",
     "read_raw_frame",
+    "register_serializer",
     "register_type",
     "registered_types",
+    "unregister_serializer",
     "unregister_type",
     "write_frame",
 ]

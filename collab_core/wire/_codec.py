@@ -639,6 +639,36 @@ def unregister_type(cls_or_name: type | str) -> None:
         _user_version += 1
 
 
+def register_serializer(serializer: Serializer) -> Serializer:
+    """Register a :class:`Serializer` in this process (what ``recipe.add_decomposers`` does on
+    each site); registering the same serializer again is a no-op, another one under a name in
+    use is an error."""
+    if not isinstance(serializer, Serializer):
+        raise WireError(f"register_serializer takes a collab_core.wire.Serializer, got {type(serializer).__name__}")
+    global _user_version
+    with _lock:
+        existing = _user_serializers.get(serializer.name)
+        if existing is not None:
+            if existing == serializer:
+                return serializer
+            raise WireError(f"wire name {serializer.name!r} is already registered for {existing.type_names[0]}")
+        cached = _default_cache[2] if _default_cache else None
+        if cached is not None and serializer.name in cached.by_name:
+            raise WireError(f"wire name {serializer.name!r} is already used by a plugin serializer")
+        _user_serializers[serializer.name] = serializer
+        _user_version += 1
+    return serializer
+
+
+def unregister_serializer(name: str) -> None:
+    """Undo :func:`register_serializer` (unknown names are ignored)."""
+    global _user_version
+    with _lock:
+        if name in _user_serializers and name not in _user_classes.values():
+            del _user_serializers[name]
+            _user_version += 1
+
+
 def registered_types() -> dict[str, type]:
     """Wire name -> class for every :func:`register_type` registration."""
     with _lock:

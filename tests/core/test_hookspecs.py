@@ -15,7 +15,7 @@ HOOKS = sorted(n for n in dir(hookspecs) if n.startswith("collab_register_"))
 
 def test_every_kind_has_a_hook_and_every_hook_a_kind():
     assert sorted(KINDS.values()) == HOOKS
-    assert len(HOOKS) == 7
+    assert len(HOOKS) == 8
 
 
 def test_every_hook_is_documented_with_its_exact_signature():

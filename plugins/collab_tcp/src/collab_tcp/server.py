@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from collab_core import progress, props, topology, tracking, wire
+from collab_core import filters, progress, props, topology, tracking, wire
 from collab_core.app import App, Interface
 from collab_core.errors import RecipeError
 from collab_core.executor import ElasticExecutor
@@ -722,6 +722,8 @@ class Server:
         runtime = JobRuntime(job.name, ready, backend, {"server": server_app.interface, "client": client_interface},
                              job.workspace)
         runtime.extras["job_policy"] = code.policy
+        # the server's call/result filters and the job's wire serializers (collab_core.filters)
+        undo_decomposers = filters.setup_deployed(runtime, code, SERVER)
         if code.config.get("max_call_threads_for_server") is not None:  # calls the server serves at once
             runtime.extras[CALL_THREADS] = {"server": code.config["max_call_threads_for_server"]}
         runtime.extras["progress"] = progress.Progress(job.name, "normal",
@@ -768,6 +770,7 @@ class Server:
             if hub is not None:
                 job.tracking_report = hub.close()
             backend.close()
+            undo_decomposers()
             job.backend = None
             job.call_server = None
             job.deploy_info = None

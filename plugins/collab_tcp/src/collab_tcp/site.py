@@ -8,8 +8,10 @@ import random
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from collab_core import filters
 from collab_core.app import App, Interface, make_client_object
 from collab_core.executor import ElasticExecutor
 from collab_core.job import JobCode, unpack_job
@@ -123,6 +125,7 @@ class _SiteJob:
         self.secure: SecureChannel | None = None
         self.logs: _Forwarder | None = None
         self.prints: site_prints | None = None
+        self.undo_decomposers: Callable[[], None] | None = None
 
 
 class SiteAgent:
@@ -304,6 +307,8 @@ class SiteAgent:
             job.runtime = JobRuntime(job.name, participants, job.backend,
                                      {"server": server_interface, "client": app.interface}, job.folder / "workspace")
             job.runtime.extras["job_policy"] = job.code.policy
+            # this site's call/result filters and the job's wire serializers (collab_core.filters)
+            job.undo_decomposers = filters.setup_deployed(job.runtime, job.code, self.name)
             if job.code.config.get("max_call_threads_for_client") is not None:  # calls this site serves at once
                 job.runtime.extras[CALL_THREADS] = {"client": job.code.config["max_call_threads_for_client"]}
             job.runtime.tracking = list(msg.get("tracking") or [])
@@ -354,6 +359,9 @@ class SiteAgent:
                 self.job = None
         if job.backend is not None:
             job.backend.close()
+        if job.undo_decomposers is not None:
+            job.undo_decomposers()
+            job.undo_decomposers = None
         if job.code is not None:
             job.code.unload()
             job.code = None
