@@ -271,3 +271,61 @@ def test_a_server_refuses_jobs_with_hostile_file_entries_naming_them(server, tmp
         done = admin.follow(job, subscribe=True, timeout=60)
     assert done["status"] == "finished", (done, tail(server.log))
     assert [tuple(pair) for pair in done["result"]] == [("site-2", "a note")]
+
+
+# -- a hostile deploy to a real site agent ---------------------------------------------------------
+
+
+class _Wire:
+    """Stands in for the site's connection to the server: keeps what the site sends."""
+
+    def __init__(self):
+        self.sent: list[dict] = []
+
+    def send(self, msg: dict) -> None:
+        self.sent.append(msg)
+
+
+def _deploy(agent, files: dict, server_interface: dict, job_id: str) -> dict:
+    conn = _Wire()
+    agent._deploy(conn, {"t": "deploy", "job": job_id, "name": "files", "participants": [agent.name],
+                         "server_interface": server_interface, "files": files, "tracking": [],
+                         "backend_type": "poc"})
+    (ready,) = [m for m in conn.sent if m["t"] == "ready"]
+    return ready
+
+
+def test_a_site_never_takes_the_server_files_and_refuses_bad_entries_from_the_server(kits, tmp_path):
+    from collab_core.app import App
+    from collab_tcp.site import SiteAgent
+
+    from .helpers import job_module
+
+    with job_module(tmp_path, FILES_JOB) as mod:
+        server_interface = App(mod.Server(), role="server").interface.to_wire()
+    good = _files_job(tmp_path)
+    agent = SiteAgent(kits.sites["site-1"], tmp_path / "site-ws")
+    try:
+        # a deploy that carries the server's own files (which a server never sends) and lists them
+        secret = {"files/server/secret.cfg": wire.Blob(b"server secret"),
+                  "resources/server/model/w.bin": wire.Blob(b"weights")}
+        ready = _deploy(agent, _with(good, secret, server_files=["secret.cfg"], server_resource_dirs=["model"]),
+                        server_interface, "files-00000001")
+        assert ready["ok"], ready.get("error")
+        folder = tmp_path / "site-ws" / "jobs" / "files-00000001"
+        assert not any(folder.rglob("secret.cfg")) and not any(folder.rglob("w.bin"))
+        assert (folder / "workspace" / "site-1" / "note.txt").read_text() == "a note"
+        assert not (folder / "job" / "files" / "client" / "note.txt").exists()  # moved, not copied
+        assert agent.job.site.workspace.get_resource_dir("model", create=False) == str(
+            folder / "workspace" / "site-1" / "model")  # not the server's: nothing registered or made
+        assert not (folder / "workspace" / "site-1" / "model").exists()
+        # bad entries in the job.json a server forwards are refused by the site itself, named
+        for n, (changes, extra, message) in enumerate(HOSTILE.values()):
+            files = _with(good, {k: wire.Blob(v) for k, v in (extra or {}).items()}, **changes)
+            ready = _deploy(agent, files, server_interface, f"files-1000000{n}")
+            assert not ready["ok"] and message in ready["error"], (changes, ready.get("error"))
+        assert not any((tmp_path / "site-ws").rglob("escaped")), "a hostile entry was written"
+    finally:
+        if agent.job is not None:
+            agent._unload(agent.job)
+        agent.executor.shutdown(wait=False)
