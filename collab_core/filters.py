@@ -143,15 +143,15 @@ def pick(obj: Any, kind: str, direction: str) -> str | None:
     return None
 
 
-def check_filter_object(obj: Any, direction: str, where: str) -> None:
-    """A filter added for ``direction`` needs a call or result filter method for it."""
+def check_filter_object(obj: Any, direction: str, where: str, kinds: tuple[str, ...] = ("call", "result")) -> None:
+    """A filter added for ``direction`` needs a call or result filter method for it (of ``kinds``)."""
     if isinstance(obj, type):
         raise RecipeError(f"{where}: {obj.__qualname__} is a class; pass an instance, e.g. {obj.__qualname__}()")
-    if pick(obj, "call", direction) is None and pick(obj, "result", direction) is None:
+    if all(pick(obj, kind, direction) is None for kind in kinds):
+        names = [f"@collab.{k}_filter or @collab.{direction}_{k}_filter" for k in kinds]
         raise RecipeError(
-            f"{where}: {describe(obj)} has no filter method for the {_DIRECTION_WORD[direction]} "
-            f"direction; decorate one with @collab.call_filter, @collab.result_filter, "
-            f"@collab.{direction}_call_filter or @collab.{direction}_result_filter"
+            f"{where}: {describe(obj)} has no {'/'.join(kinds)} filter method for the "
+            f"{_DIRECTION_WORD[direction]} direction; decorate one with {', or '.join(names)}"
         )
 
 
@@ -199,6 +199,8 @@ class FilterSpec:
     tasks: tuple[str, ...] | None = None
     clients: tuple[str, ...] | None = None
     instance: int = 0
+    #: which of the object's methods run: its call filter, its result filter, or both
+    kinds: tuple[str, ...] = ("call", "result")
 
     @property
     def where(self) -> str:
@@ -235,7 +237,7 @@ def build_registered(name: str, options: dict[str, Any]) -> Any:
 # -- job.json --------------------------------------------------------------------------------------
 
 #: the keys of one entry of job.json's "filters" list
-_ENTRY_KEYS = {"side", "direction", "object", "name", "options", "tasks", "clients", "instance"}
+_ENTRY_KEYS = {"side", "direction", "object", "name", "options", "tasks", "clients", "instance", "kinds"}
 
 
 def validate_config(entries: Any, file: str, check_descriptor: Callable[[Any, str, str], None]) -> list[dict]:
@@ -285,6 +287,10 @@ def validate_config(entries: Any, file: str, check_descriptor: Callable[[Any, st
         inst = entry.get("instance", i)
         if not isinstance(inst, int) or isinstance(inst, bool) or inst < 0:
             raise RecipeError(f"{where}: instance must be an integer >= 0, got {inst!r}")
+        kinds = entry.get("kinds", ["call", "result"])
+        if not isinstance(kinds, list) or not kinds or not set(kinds) <= {"call", "result"} \
+                or len(set(kinds)) != len(kinds):
+            raise RecipeError(f"{where}: kinds must be a list of 'call' and/or 'result', got {kinds!r}")
     return entries
 
 
@@ -304,6 +310,8 @@ def to_config(specs: Iterable[FilterSpec], describe_object: Callable[[Any, str],
         if spec.clients is not None:
             entry["clients"] = list(spec.clients)
         entry["instance"] = numbers.setdefault(spec.instance, len(numbers))
+        if tuple(spec.kinds) != ("call", "result"):
+            entry["kinds"] = list(spec.kinds)
         out.append(entry)
     return out
 
@@ -320,11 +328,13 @@ def from_config(entries: list[dict] | None, build: Callable[[dict, str], Any]) -
             if inst not in built:
                 built[inst] = build(entry["object"], f"filters[{i}]")
             obj = built[inst]
-            check_filter_object(obj, entry["direction"], f"job filters[{i}]")
+        kinds = tuple(entry.get("kinds") or ("call", "result"))
+        if obj is not None:
+            check_filter_object(obj, entry["direction"], f"job filters[{i}]", kinds)
         specs.append(FilterSpec(
             side=entry["side"], direction=entry["direction"], obj=obj, name=entry.get("name"),
             options=dict(entry.get("options") or {}), tasks=check_patterns(entry.get("tasks")),
-            clients=check_clients(entry.get("clients")), instance=-1 - inst,
+            clients=check_clients(entry.get("clients")), instance=-1 - inst, kinds=kinds,
         ))
     return specs
 
@@ -428,8 +438,8 @@ def build_site_filters(specs: Iterable[FilterSpec], site: str, is_server: bool, 
             else:
                 obj = spec.obj
             objects[spec.instance] = obj
-            check_filter_object(obj, spec.direction, f"{spec.where} {spec.label()}")
-        for kind in ("call", "result"):
+        check_filter_object(obj, spec.direction, f"{spec.where} {spec.label()}", spec.kinds)
+        for kind in spec.kinds:
             method = pick(obj, kind, spec.direction)
             if method is not None:
                 chains[(kind, spec.direction)].append(_Active(spec, obj, method, getattr(obj, method)))

@@ -273,7 +273,7 @@ class RecipeBase:
         return self._filters
 
     def _add_filter(self, side: str, direction: str, filter: Any, tasks: Any, clients: Any,
-                    options: dict[str, Any] | None) -> RecipeBase:
+                    options: dict[str, Any] | None, kinds: tuple[str, ...] = ("call", "result")) -> RecipeBase:
         from . import filters as _filters
 
         specs = self._filters_of()
@@ -290,16 +290,16 @@ class RecipeBase:
                 get_registry().filter(item)  # not installed: fails here, naming what is
                 opts = check_json_value(dict(options or {}), f"{what}({item!r}) options")
                 spec = _filters.FilterSpec(side, direction, None, item, opts, patterns, sites,
-                                           _filters.new_instance_id())
+                                           _filters.new_instance_id(), kinds)
             else:
                 if options:
                     raise RecipeError(f"{what}: options= is for a registered filter named by a string; "
                                       f"give a filter object its settings in its constructor")
                 if item is None:
                     raise RecipeError(f"{what} got None; pass a filter object or a registered filter's name")
-                _filters.check_filter_object(item, direction, what)
+                _filters.check_filter_object(item, direction, what, kinds)
                 instance = self._filter_instances.setdefault(id(item), _filters.new_instance_id())
-                spec = _filters.FilterSpec(side, direction, item, None, {}, patterns, sites, instance)
+                spec = _filters.FilterSpec(side, direction, item, None, {}, patterns, sites, instance, kinds)
             specs.append(spec)
         return self
 
@@ -329,6 +329,39 @@ class RecipeBase:
         """Filter what each client sends (its results, the arguments of its own calls);
         ``clients`` limits it to some sites. Each site gets its own copy of a filter object."""
         return self._add_filter("client", "out", filter, tasks, clients, options)
+
+    # Fox's names: one kind (call or result filters) of one direction, with a pattern
+    def add_server_outgoing_call_filters(self, pattern: str, filters: Any) -> RecipeBase:
+        """Fox's name: the call filters of :meth:`add_server_output_filter`; ``pattern`` is ``tasks``."""
+        return self._add_filter("server", "out", filters, pattern, None, None, ("call",))
+
+    def add_server_incoming_call_filters(self, pattern: str, filters: Any) -> RecipeBase:
+        """Fox's name: the call filters of :meth:`add_server_input_filter`."""
+        return self._add_filter("server", "in", filters, pattern, None, None, ("call",))
+
+    def add_server_outgoing_result_filters(self, pattern: str, filters: Any) -> RecipeBase:
+        """Fox's name: the result filters of :meth:`add_server_output_filter`."""
+        return self._add_filter("server", "out", filters, pattern, None, None, ("result",))
+
+    def add_server_incoming_result_filters(self, pattern: str, filters: Any) -> RecipeBase:
+        """Fox's name: the result filters of :meth:`add_server_input_filter`."""
+        return self._add_filter("server", "in", filters, pattern, None, None, ("result",))
+
+    def add_client_outgoing_call_filters(self, pattern: str, filters: Any) -> RecipeBase:
+        """Fox's name: the call filters of :meth:`add_client_output_filter`."""
+        return self._add_filter("client", "out", filters, pattern, None, None, ("call",))
+
+    def add_client_incoming_call_filters(self, pattern: str, filters: Any) -> RecipeBase:
+        """Fox's name: the call filters of :meth:`add_client_input_filter`."""
+        return self._add_filter("client", "in", filters, pattern, None, None, ("call",))
+
+    def add_client_outgoing_result_filters(self, pattern: str, filters: Any) -> RecipeBase:
+        """Fox's name: the result filters of :meth:`add_client_output_filter`."""
+        return self._add_filter("client", "out", filters, pattern, None, None, ("result",))
+
+    def add_client_incoming_result_filters(self, pattern: str, filters: Any) -> RecipeBase:
+        """Fox's name: the result filters of :meth:`add_client_input_filter`."""
+        return self._add_filter("client", "in", filters, pattern, None, None, ("result",))
 
     def add_server_config(self, config: dict[str, Any]) -> RecipeBase:
         """Top-level configuration of the server app: each key becomes a server app property

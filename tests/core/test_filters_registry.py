@@ -125,7 +125,7 @@ def test_check_filter_object_needs_a_method_for_the_direction():
             return result
 
     F.check_filter_object(OnlyOut(), "out", "here")
-    with pytest.raises(RecipeError, match="no filter method for the input direction"):
+    with pytest.raises(RecipeError, match="no call/result filter method for the input direction"):
         F.check_filter_object(OnlyOut(), "in", "here")
 
 
@@ -215,6 +215,9 @@ GOOD = {"side": "client", "direction": "out", "object": {"module": "pkg.f", "cla
     ({"side": "server", "direction": "in", "name": "\x00"}, "registered filter's name"),
     ({**GOOD, "options": {"a": 1}}, "options are for registered filters"),
     ("not an object", "must be an object"),
+    ({**GOOD, "kinds": ["call", "call"]}, "kinds must be"),
+    ({**GOOD, "kinds": ["everything"]}, "kinds must be"),
+    ({**GOOD, "kinds": ["result"]}, None),
 ])
 def test_job_json_filter_entries_are_validated(entry, message):
     if message is None:

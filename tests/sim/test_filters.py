@@ -481,7 +481,7 @@ def test_registered_filters_by_name_with_options():
 
 def test_bad_filters_fail_when_added():
     recipe = _recipe()
-    with pytest.raises(RecipeError, match="no filter method"):
+    with pytest.raises(RecipeError, match="no call/result filter method"):
         recipe.add_client_output_filter(object())
     with pytest.raises(RecipeError, match="is a class"):
         recipe.add_client_output_filter(Clip)
@@ -647,3 +647,118 @@ def test_process_env_sees_the_environment_before_deploy(tmp_path):
     assert seen == ["SimEnv", "SimEnv"]
     recipe.export(tmp_path / "job2")
     assert seen == ["SimEnv", "SimEnv"]
+
+
+WORKER_MODULE = """
+import os
+from collab_core import collab
+
+@collab.publish
+def train(weights, scale=1.0):
+    return {"w": weights * scale, "worker_pid": os.getpid()}
+"""
+
+
+class WorkerServer:
+    @collab.main
+    def run(self):
+        return {s: {"w": v["w"].tolist(), "worker_pid": v["worker_pid"], "filter_pid": v["filter_pid"]}
+                for s, v in collab.clients.train(np.ones(2))}
+
+
+class StampPid:
+    @collab.result_filter
+    def stamp(self, result):
+        import os
+
+        return {**result, "filter_pid": os.getpid()}
+
+
+def test_filters_run_on_the_site_of_a_worker_group_once(tmp_path):
+    pytest.importorskip("collab_torchrun")
+    import importlib.util
+    import os
+    import sys
+
+    path = tmp_path / "filters_worker_mod.py"
+    path.write_text(WORKER_MODULE)
+    spec = importlib.util.spec_from_file_location("filters_worker_mod", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["filters_worker_mod"] = module
+    sys.path.insert(0, str(tmp_path))
+    try:
+        spec.loader.exec_module(module)
+        recipe = CollabRecipe(job_name="trfilters", server=WorkerServer(), client=module, min_clients=2,
+                              launch_external_process=True, command="python", subprocess_timeout=60)
+        recipe.add_client_input_filter(Scale(3.0))  # once, on the site: the worker gets weights * 3
+        recipe.add_client_output_filter(StampPid())
+        run = recipe.execute(SimEnv(num_clients=2, workspace=tmp_path / "ws"))
+    finally:
+        sys.modules.pop("filters_worker_mod", None)
+        sys.path.remove(str(tmp_path))
+    assert run.status == "finished", run.error
+    for site in ("site-1", "site-2"):
+        out = run.result[site]
+        assert out["w"] == [3.0, 3.0]  # filtered once (not again in the worker)
+        assert out["filter_pid"] == os.getpid() != out["worker_pid"]  # the site's process, not the worker's
+
+
+# -- Fox's names, as a Fox program uses them (nvflare/fox/examples/pt/filters2.py) -----------------
+
+from collab_core import collab as fox  # noqa: E402 - the Fox spelling, as a ported program has it
+
+
+class ModelFilter:
+    """Fox's ModelFilter shape: four directional methods; the weights travel as a reference."""
+
+    def __init__(self, model_arg_name: str):
+        self.model_arg_name = model_arg_name
+        self.log = []
+
+    @fox.out_call_filter
+    def prepare_weights_for_download(self, func_kwargs: dict):
+        self.log.append(("out_call", fox.context.target_group_size))
+        func_kwargs[self.model_arg_name] = {"ref": func_kwargs[self.model_arg_name].tolist()}
+        return func_kwargs
+
+    @fox.in_call_filter
+    def download_weights(self, func_kwargs: dict):
+        func_kwargs[self.model_arg_name] = np.array(func_kwargs[self.model_arg_name]["ref"])
+        return func_kwargs
+
+    @fox.out_result_filter
+    def prepare_result_for_download(self, result):
+        return {"ref": result.tolist()}
+
+    @fox.in_result_filter
+    def download_result(self, result):
+        return np.array(result["ref"])
+
+
+class RefServer:
+    @fox.algo
+    def run(self):
+        return {s: v.tolist() for s, v in fox.clients.train(np.ones(2))}
+
+
+def test_fox_filter_methods_with_patterns_and_one_kind_each():
+    recipe = CollabRecipe(job_name="foxfilters", server=RefServer(), client=Trainer(), min_clients=2)
+    model_filter = ModelFilter("weights")
+    recipe.add_server_outgoing_call_filters(pattern="*.train", filters=[model_filter])
+    recipe.add_server_incoming_result_filters(pattern="*.train", filters=[model_filter])
+    recipe.add_client_incoming_call_filters(pattern="*.train", filters=[model_filter])
+    recipe.add_client_outgoing_result_filters(pattern="*.train", filters=[model_filter])
+    assert _run(recipe) == {"site-1": [2.0, 2.0], "site-2": [3.0, 3.0]}
+    # the server runs the recipe's object itself; fox.context in a filter is its FilterContext
+    assert model_filter.log == [("out_call", 2), ("out_call", 2)]
+    # only the call half of the server's outgoing filters was added
+    spec_kinds = [(s.side, s.direction, s.kinds) for s in recipe.build_job().filters]
+    assert spec_kinds == [("server", "out", ("call",)), ("server", "in", ("result",)),
+                          ("client", "in", ("call",)), ("client", "out", ("result",))]
+
+    half = CollabRecipe(job_name="foxhalf", server=RefServer(), client=Trainer(), min_clients=2)
+    half.add_server_outgoing_call_filters(pattern="*.train", filters=[ModelFilter("weights")])
+    half.add_client_incoming_call_filters(pattern="*.train", filters=[ModelFilter("weights")])
+    assert _run(half) == {"site-1": [2.0, 2.0], "site-2": [3.0, 3.0]}  # results not filtered
+    with pytest.raises(RecipeError, match="no result filter method"):
+        half.add_client_outgoing_result_filters("*", [Scale()])
