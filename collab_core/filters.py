@@ -71,6 +71,10 @@ _DIRECTION_WORD = {"in": "input", "out": "output"}
 EXTRAS_KEY = "filters"
 #: calls collab makes for itself (tracking records, ...) are never filtered
 _SYSTEM_PREFIXES = ("collab:", "__")
+#: collab_core.events.FIRE_METHOD: events are answered by every site's handlers, not filtered
+_SYSTEM_METHODS = frozenset({"fire_event"})
+#: the key of positional arguments in the dict of a call whose signature is unknown here
+UNNAMED_ARGS = "*args"
 
 
 class FilterError(CollabError):
@@ -396,7 +400,7 @@ class _Active:
 
 
 def _is_system(method: str) -> bool:
-    return method.startswith(_SYSTEM_PREFIXES)
+    return method.startswith(_SYSTEM_PREFIXES) or method in _SYSTEM_METHODS
 
 
 class SiteFilters:
@@ -476,9 +480,9 @@ def args_to_dict(sig: inspect.Signature | None, args: tuple, kwargs: dict) -> di
     """``{parameter name: value}`` of a call: positional arguments named by the signature (extra
     ones under the ``*args`` parameter's name), keyword arguments as they are."""
     out: dict[str, Any] = {}
-    if args:
-        if sig is None:
-            raise FilterError("cannot name the positional arguments of a method whose signature is unknown")
+    if args and sig is None:  # a method this side knows no signature of: its positional arguments as one
+        out[UNNAMED_ARGS] = tuple(args)
+    elif args and sig is not None:
         params = list(sig.parameters.values())
         positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         var = next((p for p in params if p.kind is p.VAR_POSITIONAL), None)
@@ -501,7 +505,7 @@ def dict_to_args(sig: inspect.Signature | None, values: Mapping[str, Any]) -> tu
     before it) go by position, everything else by keyword -- names the method does not have too
     (a filter may add a value an input filter on the other side takes out again)."""
     rest = dict(values)
-    args: list[Any] = []
+    args: list[Any] = list(rest.pop(UNNAMED_ARGS, ()) if sig is None else ())
     if sig is not None:
         params = list(sig.parameters.values())
         var = next((p for p in params if p.kind is p.VAR_POSITIONAL), None)

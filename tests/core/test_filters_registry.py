@@ -158,6 +158,18 @@ def test_args_to_dict_and_back_keep_positional_only_and_varargs():
         F.args_to_dict(_sig(g), (1, 2, 3), {})
     with pytest.raises(F.FilterError, match="given twice"):
         F.args_to_dict(_sig(g), (1,), {"weights": 2})
+    # no signature known on this side: positional arguments travel as one entry
+    d = F.args_to_dict(None, (1, 2), {"k": 3})
+    assert d == {F.UNNAMED_ARGS: (1, 2), "k": 3}
+    assert F.dict_to_args(None, d) == ((1, 2), {"k": 3})
+
+
+def test_events_are_not_filtered():
+    from collab_core.events import FIRE_METHOD
+
+    spec = F.FilterSpec("server", "out", Codec())
+    sf = F.build_site_filters([spec], "server", True, copy=False)
+    assert sf.chain("call", "out", "train", "client") and not sf.chain("call", "out", FIRE_METHOD, "client")
 
 
 # -- built-in filters ------------------------------------------------------------------------------
