@@ -9,8 +9,22 @@ import json
 import subprocess
 import sys
 import textwrap
+import uuid
 
-from .helpers import TIMEOUT
+import pytest
+
+from collab_core.job import pack_job
+from collab_tcp.admin import AdminError
+
+from .helpers import TIMEOUT, export_job
+from .test_hostile_jobs import (  # the locked-site fixtures, shared with those tests
+    SERVER_ONLY,
+    locked_site,  # noqa: F401 - a fixture
+    run_on_site_3,
+    server,  # noqa: F401 - a fixture
+    submit_raw,
+    with_config,
+)
 
 FILTERS = textwrap.dedent("""
     import os
@@ -225,3 +239,39 @@ def test_filters_run_in_site_processes_and_travel_in_the_job(tmp_path):
     assert {"side": "client", "direction": "out", "name": "exclude_vars", "options": {"names": ["data"]},
             "tasks": ["describe"]}.items() <= next(e for e in entries if "name" in e).items()
     assert data["decomposers"] == ["filters_lib.Point"]
+
+
+# -- a job's filters are hostile input to the server and the sites -------------------------------
+
+VETTED_CLIENT = {"module": "hospital_components", "class": "Trainer", "args": {"tag": "ok"}}
+
+
+def test_a_locked_site_refuses_a_filter_outside_its_allowed_modules_and_runs_registered_ones(
+        server, locked_site, tmp_path):  # noqa: F811
+    marker = tmp_path / f"marker-{uuid.uuid4().hex[:6]}"
+    job_dir = export_job(tmp_path, SERVER_ONLY, job_name="hostile-filter")
+    config = json.loads((job_dir / "job.json").read_text())
+    config["client"] = VETTED_CLIENT
+    config["filters"] = [{"side": "client", "direction": "out", "instance": 0,
+                          "object": {"module": "subprocess", "class": "Popen",
+                                     "args": {"args": ["touch", str(marker)]}}}]
+    (job_dir / "job.json").write_text(json.dumps(config))
+    done = run_on_site_3(server, job_dir)
+    assert done["status"] == "failed", done
+    assert "allowed_modules" in done["error"] and "filters[0]" in done["error"], done["error"]
+    assert not marker.exists()
+
+    # a registered filter is installed code, not the job's: it runs on the locked site
+    config["filters"] = [{"side": "client", "direction": "out", "instance": 0, "name": "include_vars",
+                          "options": {"names": ["nothing"]}}]
+    (job_dir / "job.json").write_text(json.dumps(config))
+    done = run_on_site_3(server, job_dir)
+    assert done["status"] == "finished", done
+    assert [tuple(x) for x in done["result"]] == [("site-3", "site-3:ok")]
+
+    # a malformed entry is refused by the server before any site sees it
+    files = with_config(pack_job(job_dir), filters=[{"side": "client", "direction": "out", "name": "x",
+                                                     "run": "rm -rf /"}])
+    with pytest.raises(AdminError, match="job refused") as err:
+        submit_raw(server, files)
+    assert "unknown key" in str(err.value) and "run" in str(err.value)
