@@ -155,6 +155,7 @@ DRIVER = textwrap.dedent("""
             out["votes"] = {"ok": votes.sites, "failures": {s: str(e) for s, e in votes.failures.items()}}
             out["server_cfg"] = collab.get_app_prop("rounds")
             out["env"] = collab.get_app_prop("env")
+            out["a_point"] = Point(9.0, 8.0)  # the driver decodes it too (the job's decomposers)
             return out
 
 
@@ -181,6 +182,8 @@ DRIVER = textwrap.dedent("""
         recipe.add_client_config({"lr": 0.2}, clients=["site-2"])
         run = recipe.execute(PocEnv(num_clients=2, workspace=sys.argv[1]))
         assert run.status == "finished", run.error
+        point = run.result.pop("a_point")
+        assert type(point).__name__ == "Point" and (point.x, point.y) == (9.0, 8.0), point
         job = json.loads((run.workspace / "job" / "job.json").read_text())
         with open(sys.argv[2], "w") as f:
             json.dump({"result": run.result, "filters": job["filters"], "decomposers": job["decomposers"],
@@ -268,6 +271,18 @@ def test_a_locked_site_refuses_a_filter_outside_its_allowed_modules_and_runs_reg
     done = run_on_site_3(server, job_dir)
     assert done["status"] == "finished", done
     assert [tuple(x) for x in done["result"]] == [("site-3", "site-3:ok")]
+
+    # a decomposer the job cannot provide fails the job on the server, naming it; the server and
+    # the site go on to run the next job
+    config["decomposers"] = ["hospital_components.NoSuchSerializer"]
+    (job_dir / "job.json").write_text(json.dumps(config))
+    done = run_on_site_3(server, job_dir)
+    assert done["status"] == "failed", done
+    assert "hospital_components.NoSuchSerializer" in done["error"] and "cannot be found" in done["error"], done
+    del config["decomposers"]
+    (job_dir / "job.json").write_text(json.dumps(config))
+    done = run_on_site_3(server, job_dir)
+    assert done["status"] == "finished", done
 
     # a malformed entry is refused by the server before any site sees it
     files = with_config(pack_job(job_dir), filters=[{"side": "client", "direction": "out", "name": "x",

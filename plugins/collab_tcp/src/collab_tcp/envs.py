@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from collab_core import progress, topology, workspaces
+from collab_core import filters, progress, topology, workspaces
 from collab_core.errors import RecipeError
 from collab_core.lifeline import new_lifeline
 from collab_core.progress import level_of as _level_of
@@ -191,6 +191,7 @@ class PocEnv:
         self._used.append(ws)
         job_dir = recipe.export(ws / "job")
         admin = None
+        undo_decomposers = filters.activate_decomposers(spec.decomposers)  # the result may hold such values
         reporter = progress.Progress(spec.job_name, progress.level_of(self.progress, "PocEnv"))
         with progress.console(reporter.level):
             reporter.started("PocEnv", self.num_clients, ws, hierarchy=self.topology.describe())
@@ -209,6 +210,7 @@ class PocEnv:
                 if admin is not None:
                     admin.close()
                 self.stop()
+                undo_decomposers()
             reporter.finished(done["status"], time.monotonic() - started, done.get("error"))
         workspaces.release(ws)
         return _run_from_done(spec.job_name, done, ws, self.name, started)
@@ -255,10 +257,14 @@ class ProdEnv:
         ws = self.workspace or workspaces.new_run_folder("prod", spec.job_name)
         ws.mkdir(parents=True, exist_ok=True)
         job_dir = recipe.export(ws / "job")
-        return submit_and_follow(self.kit, job_dir, ws, sites=self.sites, wait_timeout=self.wait_timeout,
-                                 job_timeout=self.job_timeout, job_name=spec.job_name, started=started,
-                                 progress_level=progress.level_of(self.progress, "ProdEnv"),
-                                 parents=self.topology.to_wire() if self.topology else None)
+        undo_decomposers = filters.activate_decomposers(spec.decomposers)  # the result may hold such values
+        try:
+            return submit_and_follow(self.kit, job_dir, ws, sites=self.sites, wait_timeout=self.wait_timeout,
+                                     job_timeout=self.job_timeout, job_name=spec.job_name, started=started,
+                                     progress_level=progress.level_of(self.progress, "ProdEnv"),
+                                     parents=self.topology.to_wire() if self.topology else None)
+        finally:
+            undo_decomposers()
 
 
 def submit_and_follow(kit: Kit, job_dir: Path, ws: Path, *, sites: list[str] | None, wait_timeout: float,

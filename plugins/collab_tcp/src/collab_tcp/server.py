@@ -722,8 +722,21 @@ class Server:
         runtime = JobRuntime(job.name, ready, backend, {"server": server_app.interface, "client": client_interface},
                              job.workspace)
         runtime.extras["job_policy"] = code.policy
-        # the server's call/result filters and the job's wire serializers (collab_core.filters)
-        undo_decomposers = filters.setup_deployed(runtime, code, SERVER)
+        # the server's call/result filters and the job's wire serializers (collab_core.filters); the
+        # previous job's serializers were kept until now, while its result could still be sent (jobs
+        # run one at a time)
+        previous = getattr(self, "_undo_decomposers", None)
+        if previous is not None:
+            previous()
+        self._undo_decomposers = None
+        try:
+            self._undo_decomposers = filters.setup_deployed(runtime, code, SERVER)
+        except Exception as exc:
+            raise_failed(job, f"the server could not set up the job's filters or decomposers: {exc}")
+            log.error("job %s: filters/decomposers failed on the server: %r", job.id, exc)
+            self._end_sites(job)
+            backend.close()
+            return
         if code.config.get("max_call_threads_for_server") is not None:  # calls the server serves at once
             runtime.extras[CALL_THREADS] = {"server": code.config["max_call_threads_for_server"]}
         runtime.extras["progress"] = progress.Progress(job.name, "normal",
@@ -770,7 +783,6 @@ class Server:
             if hub is not None:
                 job.tracking_report = hub.close()
             backend.close()
-            undo_decomposers()
             job.backend = None
             job.call_server = None
             job.deploy_info = None
