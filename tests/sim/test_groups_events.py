@@ -147,6 +147,7 @@ def test_list_of_clients_gives_proxies_to_shuffle_sample_and_call_one_by_one():
         return {"types": sorted({type(p).__name__ for p in proxies}), "order": order, "answers": answers,
                 "sample": [p.name for p in sample], "size": g.size, "len": len(g),
                 "members": [p.name for p in g.members],
+                "contains": ["site-2" in g, g[1] in g, "site-9" in g, "site-1" in g[1:]],
                 "targets_from_group": collab.clients(targets=collab.clients[1:]).echo(0).sites,
                 "targets_from_proxies": collab.clients(targets=[g[0], g[2]]).echo(0).sites}
 
@@ -156,6 +157,7 @@ def test_list_of_clients_gives_proxies_to_shuffle_sample_and_call_one_by_one():
     assert out["answers"] == out["order"]  # each proxy called its own site, in the shuffled order
     assert len(set(out["sample"])) == 2 and set(out["sample"]) <= set(out["order"])
     assert out["size"] == out["len"] == 4 and out["members"] == ["site-1", "site-2", "site-3", "site-4"]
+    assert out["contains"] == [True, True, False, False]
     assert out["targets_from_group"] == ["site-2", "site-3", "site-4"]
     assert out["targets_from_proxies"] == ["site-1", "site-3"]
 
