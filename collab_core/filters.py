@@ -44,6 +44,7 @@ import inspect
 import itertools
 import re
 import sys
+import threading
 import types
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -151,6 +152,9 @@ def check_filter_object(obj: Any, direction: str, where: str, kinds: tuple[str, 
     """A filter added for ``direction`` needs a call or result filter method for it (of ``kinds``)."""
     if isinstance(obj, type):
         raise RecipeError(f"{where}: {obj.__qualname__} is a class; pass an instance, e.g. {obj.__qualname__}()")
+    if isinstance(obj, types.ModuleType):
+        raise RecipeError(f"{where}: {obj.__name__} is a module; a filter is an object, an instance of a class "
+                          f"with @collab.call_filter / @collab.result_filter methods")
     if all(pick(obj, kind, direction) is None for kind in kinds):
         names = [f"@collab.{k}_filter or @collab.{direction}_{k}_filter" for k in kinds]
         raise RecipeError(
@@ -409,7 +413,17 @@ class SiteFilters:
     def __init__(self, site: str, chains: dict[tuple[str, str], list[_Active]]):
         self.site = site
         self.chains = chains
+        #: per call this site makes: (props, targets, parent context), shared by its filters here
         self._caller_props: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def remember(self, call: Call, entry: tuple) -> None:
+        with self._lock:
+            self._caller_props[call] = entry
+
+    def recall(self, call: Call) -> tuple | None:
+        with self._lock:
+            return self._caller_props.get(call)
 
     def __bool__(self) -> bool:
         return any(self.chains.values())
@@ -572,7 +586,7 @@ def submit(ctx: SiteContext, call: Call, targets: Iterable[str] | None = None) -
         needs_result = call.expect_result and site_filters.chain("result", "in", call.method, _role(job, call.target))
         if chain or needs_result:
             props: dict[str, Any] = {}
-            site_filters._caller_props[call] = (props, tuple(targets or (call.target,)), ctx.get_call_context())
+            site_filters.remember(call, (props, tuple(targets or (call.target,)), ctx.get_call_context()))
         if chain:
             fctx = _caller_context(ctx, call, "call", site_filters)
             try:
@@ -587,7 +601,7 @@ def submit(ctx: SiteContext, call: Call, targets: Iterable[str] | None = None) -
 
 
 def _caller_context(ctx: SiteContext, call: Call, kind: str, site_filters: SiteFilters) -> FilterContext:
-    props, targets, parent = site_filters._caller_props.get(call) or ({}, (call.target,), None)
+    props, targets, parent = site_filters.recall(call) or ({}, (call.target,), None)
     direction = "out" if kind == "call" else "in"
     return FilterContext(ctx.site_name, call.caller, call.target, ctx.job, method=call.method, props=props,
                          cancelled=call.cancelled, direction=direction, kind=kind, peer=call.target,

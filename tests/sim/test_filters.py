@@ -485,6 +485,8 @@ def test_bad_filters_fail_when_added():
         recipe.add_client_output_filter(object())
     with pytest.raises(RecipeError, match="is a class"):
         recipe.add_client_output_filter(Clip)
+    with pytest.raises(RecipeError, match="is a module; a filter is an object"):
+        recipe.add_client_output_filter(np)
     with pytest.raises(Exception, match="no filter named 'nope'.*exclude_vars"):
         recipe.add_client_output_filter("nope")
     with pytest.raises(RecipeError, match="tasks must be"):
