@@ -309,7 +309,7 @@ def to_config(specs: Iterable[FilterSpec], describe_object: Callable[[Any, str],
     for spec in specs:
         entry: dict[str, Any] = {"side": spec.side, "direction": spec.direction}
         if spec.obj is not None:
-            entry["object"] = describe_object(spec.obj, spec.where)
+            entry["object"] = describe_object(spec.obj, spec.where.removeprefix("the "))
         else:
             entry["name"] = spec.name
             entry["options"] = dict(spec.options)

@@ -529,6 +529,36 @@ def test_the_directional_form_wins_over_the_plain_one():
     assert _run(in_side)["site-1"] == [2.0] * 3
 
 
+class Unexportable:
+    def __init__(self, bound):
+        self.limit = bound  # not stored under its parameter's name
+
+    @collab.result_filter
+    def f(self, result):
+        return result
+
+
+def test_a_filter_that_cannot_be_exported_says_which_and_why(tmp_path):
+    from collab_core import ExportError
+
+    recipe = _recipe()
+    recipe.add_client_output_filter(Unexportable(1.0))
+    assert _run(recipe)["site-1"] == [2.0] * 3  # SimEnv needs no export
+    with pytest.raises(ExportError, match="Unexportable: its constructor parameter 'bound' is not stored"):
+        recipe.export(tmp_path / "job")
+
+    class Local:
+        @collab.result_filter
+        def f(self, result):
+            return result
+
+    local = _recipe()
+    local.add_server_input_filter(Local())
+    with pytest.raises(ExportError, match="cannot export the server input filter: class .*Local is defined "
+                                          "inside a function"):
+        local.export(tmp_path / "job2")
+
+
 def test_filters_travel_in_an_exported_job_and_run_again(tmp_path):
     recipe = _recipe()
     recipe.add_client_output_filter(Clip(1.5), tasks=["train"], clients=["site-2"])
