@@ -374,12 +374,13 @@ class Group:
             )
         deadline = _deadline(ctx, opts)
         if not opts.expect_result:
+            group = _filters.CallGroup()  # one group call, as its filters see it
             for site in targets:
                 if site in skipped:
                     continue
                 call = _new_call(ctx, site, method, args, kwargs, opts, deadline)
                 call.optional = opts.optional
-                _filters.submit(ctx, call, targets).add_done_callback(_log_fire_and_forget(call))
+                _filters.submit(ctx, call, targets, group).add_done_callback(_log_fire_and_forget(call))
             return None
         run = _GroupRun(ctx, method, args, kwargs, targets, opts, deadline, needed, skipped)
         if opts.blocking:
@@ -439,7 +440,7 @@ class _GroupRun:
             fut.set_result(None)
         else:
             try:
-                fut = _filters.submit(self.ctx, call, self.targets)
+                fut = _filters.submit(self.ctx, call, self.targets, self)
             except CollabCallError as exc:
                 fut = Future()
                 fut.set_exception(exc)

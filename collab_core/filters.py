@@ -364,6 +364,7 @@ class FilterContext(CallContext):
       on the callee, ``(site,)``;
     - ``parent``: on the caller, the context of the code making the call (main's, with the props
       it set: a round number, say); on the callee, None;
+    - ``group``: on the caller, a number shared by the calls of one group call;
     - ``props``: one dict per call on this site, shared by the call's filters on this site (an
       output call filter and the input result filter of the same call; an input call filter, the
       method itself -- ``collab.get_prop`` -- and the output result filter).
@@ -376,6 +377,9 @@ class FilterContext(CallContext):
     targets: tuple[str, ...] = ()
     parent: CallContext | None = None
     filter_name: str = ""
+    #: on the caller: the same number for every target's call of one group call (a filter that
+    #: transforms a group call's argument once, e.g. central noise, keys on it); unique otherwise
+    group: int = 0
 
     @property
     def target_group_size(self) -> int:
@@ -576,9 +580,30 @@ def _failed(call: Call, exc: FilterError) -> CollabCallError:
     return CollabCallError(call.target, call.method, exc)
 
 
-def submit(ctx: SiteContext, call: Call, targets: Iterable[str] | None = None) -> Future:
+class CallGroup:
+    """Stands for one group call whose calls have no other shared object (fire-and-forget)."""
+
+
+_group_numbers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_group_lock = threading.Lock()
+_group_counter = itertools.count(1)
+
+
+def _group_number(group: Any, call: Call) -> int:
+    """The number FilterContext.group shows: the same for every call of one group call."""
+    if group is None:
+        return -call.id  # a single call: a group of its own
+    with _group_lock:
+        number = _group_numbers.get(group)
+        if number is None:
+            number = _group_numbers[group] = next(_group_counter)
+    return number
+
+
+def submit(ctx: SiteContext, call: Call, targets: Iterable[str] | None = None, group: Any = None) -> Future:
     """Send ``call`` from the site of ``ctx``: its output call filters first (their output is what
-    the backend encodes). A failing filter fails the call (a failed future)."""
+    the backend encodes). A failing filter fails the call (a failed future). ``group`` is the group
+    call it belongs to (any object, the same for all its calls)."""
     job = ctx.job
     site_filters = of(job, ctx.site_name)
     if site_filters is not None:
@@ -586,7 +611,8 @@ def submit(ctx: SiteContext, call: Call, targets: Iterable[str] | None = None) -
         needs_result = call.expect_result and site_filters.chain("result", "in", call.method, _role(job, call.target))
         if chain or needs_result:
             props: dict[str, Any] = {}
-            site_filters.remember(call, (props, tuple(targets or (call.target,)), ctx.get_call_context()))
+            site_filters.remember(call, (props, tuple(targets or (call.target,)), ctx.get_call_context(),
+                                         _group_number(group, call)))
         if chain:
             fctx = _caller_context(ctx, call, "call", site_filters)
             try:
@@ -601,12 +627,12 @@ def submit(ctx: SiteContext, call: Call, targets: Iterable[str] | None = None) -
 
 
 def _caller_context(ctx: SiteContext, call: Call, kind: str, site_filters: SiteFilters) -> FilterContext:
-    props, targets, parent = site_filters.recall(call) or ({}, (call.target,), None)
+    props, targets, parent, group = site_filters.recall(call) or ({}, (call.target,), None, -call.id)
     direction = "out" if kind == "call" else "in"
     return FilterContext(ctx.site_name, call.caller, call.target, ctx.job, method=call.method, props=props,
                          cancelled=call.cancelled, direction=direction, kind=kind, peer=call.target,
                          qualified_method=_qualified(ctx.job, call.target, call.method), targets=targets,
-                         parent=parent)
+                         parent=parent, group=group)
 
 
 def received(ctx: SiteContext, call: Call, value: Any) -> Any:

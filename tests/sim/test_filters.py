@@ -161,7 +161,7 @@ class Recorder:
         Recorder.seen.append(("call", context.site, context.direction, context.peer, context.method,
                               context.qualified_method, context.targets, context.target_group_size,
                               context.parent.get_prop("round") if context.parent else None,
-                              collab.site_name, str(collab.context)))
+                              collab.site_name, str(collab.context), context.group))
         return kwargs
 
     @collab.result_filter
@@ -332,12 +332,17 @@ def test_the_filter_context_names_site_direction_peer_method_group_and_parent():
     results = [s for s in Recorder.seen if s[0] == "result"]
     assert len(calls) == 4 and len(results) == 4  # 2 rounds x 2 sites
     for entry in calls:
-        _, site, direction, peer, method, qualified, targets, size, rnd, site_name, info = entry
+        _, site, direction, peer, method, qualified, targets, size, rnd, site_name, info, _ = entry
         assert (site, direction, method, qualified) == ("server", "out", "train", "client.train")
         assert peer in ("site-1", "site-2") and targets == ("site-1", "site-2") and size == 2
         assert site_name == "server" and info == f"server:server=>{peer}"
         assert rnd in (0, 1)
     assert sorted(e[8] for e in calls) == [0, 0, 1, 1]  # main's collab.set_prop("round", r)
+    groups = {}
+    for e in calls:
+        groups.setdefault(e[8], set()).add(e[11])
+    # one group number per group call (both targets of a round), another for the next round
+    assert len(groups[0]) == len(groups[1]) == 1 and groups[0] != groups[1]
     assert {(e[1], e[2], e[4]) for e in results} == {("server", "in", "train")}
     assert {e[3] for e in results} == {"site-1", "site-2"}
 
