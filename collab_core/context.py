@@ -40,6 +40,9 @@ class CallContext:
     method: str | None = None
     props: dict[str, Any] = attrs.field(factory=dict)
     cancelled: CancelFlag | None = None
+    #: the call came sealed end to end by its caller (``secure=True`` through collab-tcp; in
+    #: SimEnv, which has no network, the caller's option): a method may refuse calls without it
+    secure: bool = False
 
     @property
     def is_aborted(self) -> bool:

@@ -171,7 +171,7 @@ class SiteRuntime:
         else:
             if cc is None:
                 cc = CallContext(self.site_name, call.caller, self.site_name, self.job, method=call.method,
-                                 cancelled=call.cancelled)
+                                 cancelled=call.cancelled, secure=call.secure)
             ctx = SiteContext(c.site_name, c.job, c.workspace, call.cancelled, app_props=c.app_props, call_context=cc)
         with active(ctx):
             return call_with_context(fn, cc, args, kwargs or {})
@@ -239,7 +239,7 @@ class SiteRuntime:
                 return self._run_in_context(fn, call.args, call.kwargs, call=call)
             # input call filters, the method, output result filters (collab_core.filters)
             cc = CallContext(self.site_name, call.caller, self.site_name, self.job, method=call.method,
-                             cancelled=call.cancelled)
+                             cancelled=call.cancelled, secure=call.secure)
             c = self.context
             filter_ctx = SiteContext(c.site_name, c.job, c.workspace, call.cancelled, app_props=c.app_props)
             return _filters.serve(site_filters, filter_ctx, call, self.app.interface.methods.get(call.method), cc,

@@ -321,7 +321,8 @@ POC_DRIVER = textwrap.dedent("""
     class Site:
         @collab.publish
         def scale(self, arr, factor=1.0):
-            return {"arr": arr * factor, "by": collab.site_name, "caller": collab.caller}
+            return {"arr": arr * factor, "by": collab.site_name, "caller": collab.caller,
+                    "sealed": collab.context.secure}
 
         @collab.publish
         def fail(self):
@@ -374,6 +375,7 @@ POC_DRIVER = textwrap.dedent("""
             json.dump({"error": r["peers"].get("error"),
                        "raw": {"one": r["peers"]["one"]["arr"].tolist(), "by": r["peers"]["one"]["by"],
                                "caller": r["peers"]["one"]["caller"],
+                               "sealed": [r["peers"]["one"]["sealed"], r["peers"]["plain"]["sealed"]],
                                "plain": r["peers"]["plain"]["arr"].tolist(),
                                "group": {s: [v["by"], v["caller"], v["arr"].tolist()]
                                          for s, v in r["peers"]["group"].items()},
@@ -394,6 +396,8 @@ def test_secure_calls_between_poc_site_processes(tmp_path):
     arr = np.arange(12).reshape(3, 4)
     assert raw["one"] == (arr * 3.0).tolist() and raw["by"] == "site-2" and raw["caller"] == "site-1"
     assert raw["plain"] == (arr * 2.0).tolist()  # a plain call beside it is unchanged
+    # the target can tell a call its caller sealed from a plain one (e.g. one the server made up)
+    assert raw["sealed"] == [True, False]
     assert raw["group"] == {"site-2": ["site-2", "site-1", arr.tolist()],
                             "site-3": ["site-3", "site-1", arr.tolist()]}
     assert raw["server"] == {"sum": 66, "caller": "site-1"}  # to the server: TLS alone
