@@ -194,7 +194,7 @@ def test_a_site_killed_mid_round_fails_its_call_at_once(tmp_path, poc_envs, quor
     assert "error" not in killed, killed.get("error")
     assert killed["value"] == env.spawned["site-2"].pid
     assert env.spawned["site-2"].returncode == -signal.SIGKILL
-    assert elapsed < 40, f"the run took {elapsed:.0f} s"
+    assert elapsed < 55, f"the run took {elapsed:.0f} s (its job_timeout is 60 s)"
     if quorum:
         assert run.status == "finished", run.error
         r = run.result

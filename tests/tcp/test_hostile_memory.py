@@ -140,7 +140,7 @@ def test_a_16_mib_header_of_16_mi_empty_maps_costs_under_8x_its_size_and_closes_
     print(f"\nserver peak RSS growth under the attack: {rss.growth / MiB:.1f} MiB")
     assert rss.growth < 8 * len(header), rss.growth
     assert rss.growth < 64 * MiB, rss.growth  # the header, its copy for the scan, and slack
-    assert elapsed < 20, elapsed
+    assert elapsed < 120, elapsed  # closed on the limit, not by some later timeout
     server.still_serves(tmp_path)
 
 

@@ -141,7 +141,7 @@ def test_connection_with_a_silent_peer_is_declared_dead_after_dead_after():
         t0 = time.monotonic()
         assert conn.check_alive()
         wait_for(lambda: not conn.check_alive(), 5, interval=0.05, what="the silent peer to be declared dead")
-        assert 0.4 < time.monotonic() - t0 < 3
+        assert time.monotonic() - t0 > 0.4  # not before dead_after (the wait above bounds it)
         assert "no heartbeat from silent" in closed["r"]
     finally:
         conn.close("done")

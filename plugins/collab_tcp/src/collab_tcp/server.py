@@ -523,7 +523,7 @@ class Server:
                 job.followers.add(conn)
                 done = False
         if done:
-            self.executor.submit(lambda: self._send(conn, self._done_message(job)))
+            self.executor.submit(lambda: self._send_done(conn, job, self._done_message(job)))
 
     def _admin_status(self, conn: Connection, msg: dict) -> None:
         with self._lock:
@@ -576,9 +576,19 @@ class Server:
                     job.followers.clear()
                 done = self._done_message(job)
                 for c in followers:
-                    self._send(c, done)
+                    self._send_done(c, job, done)
                 job.result = None if job.status == "finished" else job.result  # on disk now
                 log.info("job %s %s", job.id, job.status)
+
+    def _send_done(self, conn: Connection, job: JobRecord, done: dict) -> None:
+        """Send a job's end to a follower; a result that cannot be encoded (a type whose
+        serializer is gone) still ends the follower's wait, with the reason instead of the value."""
+        try:
+            self._send(conn, done)
+        except wire.WireError as exc:
+            log.error("job %s: its result cannot be sent to %s: %s", job.id, conn.peer, exc)
+            self._send(conn, {**done, "result": None,
+                              "error": f"the job {job.status}, but its result cannot be sent: {exc}"})
 
     def _done_message(self, job: JobRecord) -> dict:
         logs = {}
