@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from . import events
@@ -219,6 +220,25 @@ class _Collab:
         """On the server, after @collab.main returned (in @collab.final): main's result."""
         return self.context.get_prop(RESULT_PROP, default)
 
+    # -- NVFlare / Fox names for filters and the job --------------------------------------------
+
+    @property
+    def filter_direction(self) -> str | None:
+        """Inside a filter: ``"incoming"`` or ``"outgoing"`` (:class:`collab_core.constants.FilterDirection`);
+        None elsewhere. (``collab.context.direction`` says ``"in"`` / ``"out"``.)"""
+        direction = getattr(self.context, "direction", None)
+        return {"in": "incoming", "out": "outgoing"}.get(direction) if direction else None
+
+    @property
+    def qual_func_name(self) -> str | None:
+        """Inside a filter: the filtered call's ``"<object>.<method>"``; None elsewhere."""
+        return getattr(self.context, "qualified_method", None) or None
+
+    @property
+    def fl_ctx(self) -> _JobContext:
+        """What NVFlare programs use of its FLContext here: ``collab.fl_ctx.get_job_id()``."""
+        return _JobContext(current().job)
+
     @property
     def backend_type(self) -> str:
         """Which setting runs this code: ``"sim"``, ``"poc"``, ``"prod"``, or a plugin's name."""
@@ -227,6 +247,25 @@ class _Collab:
     def __repr__(self) -> str:
         ctx = current(required=False)
         return f"<collab facade: {'no active job' if ctx is None else ctx.site_name}>"
+
+
+class _JobContext:
+    """The job's identity, for NVFlare programs that read it from ``collab.fl_ctx``."""
+
+    def __init__(self, job: Any):
+        self._job = job
+
+    def get_job_id(self) -> str:
+        """The run's id: its run folder's name (``<job name>-<date>-<time>-<random>``), as
+        :attr:`collab_core.Run.job_id` reports it; the job's name where the folder is not named so."""
+        name = self._job.job_name
+        for folder in (Path(self._job.workspace), Path(self._job.workspace).parent):
+            if folder.name.startswith(f"{name}-"):
+                return folder.name
+        return name
+
+    def get_job_name(self) -> str:
+        return self._job.job_name
 
 
 collab = _Collab()

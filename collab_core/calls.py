@@ -61,7 +61,9 @@ class CallOptions:
     min_responses: int | None = attrs.field(default=None, validator=_check_positive_int("min_responses", 0))
     blocking: bool = True
     expect_result: bool = True
-    parallel: int | None = attrs.field(default=None, validator=_check_positive_int("parallel", 1))
+    #: at most this many calls in flight at once; None or 0 (NVFlare's default): no limit
+    parallel: int | None = attrs.field(default=None, converter=lambda v: None if v == 0 and v is not False else v,
+                                       validator=_check_positive_int("parallel", 1))
     targets: tuple[str, ...] | None = attrs.field(default=None, converter=_targets)
     process_resp_cb: Callable[[str, Any], Any] | None = None
     #: calling a method the target does not publish is not an error (see the user guide)
@@ -319,6 +321,22 @@ class Group:
             raise KeyError(f"no site {site!r} in this group; sites are: {', '.join(self._targets)}")
         single = attrs.evolve(self._options, targets=None, min_responses=None, parallel=None)
         return Proxy(site, single, self._ctx)
+
+    def __setitem__(self, index: int, site: Proxy | str) -> None:
+        """``group[i] = proxy``: reorder the group's sites, so ``random.shuffle(group)`` works
+        (``collab.clients`` is a new group on every access; shuffle one you keep)."""
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise TypeError(f"assign a group's site by position, e.g. group[0] = proxy; not {index!r}")
+        name = site.name if isinstance(site, Proxy) else site
+        members = self.__dict__.setdefault("_members", frozenset(self.names))  # while being reordered
+        if not isinstance(name, str) or name not in members:
+            raise ValueError(f"{site!r} is not a site of this group; sites are: {', '.join(sorted(members))}")
+        names = self.names
+        names[index] = name
+        if self._options.targets is not None:
+            self._options = attrs.evolve(self._options, targets=tuple(names))
+        else:
+            self._targets = tuple(names)
 
     @property
     def size(self) -> int:

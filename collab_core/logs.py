@@ -229,3 +229,10 @@ class site_prints:
             if getattr(sys, name) is wrapper:
                 setattr(sys, name, wrapper._stream)
         self._installed.clear()
+
+
+def get_obj_logger(obj: object) -> logging.Logger:
+    """A logger named after ``obj``'s class (``<module>.<class>``), as NVFlare's
+    ``nvflare.fuel.utils.log_utils.get_obj_logger``; its lines reach the site's log like any other."""
+    cls = type(obj)
+    return logging.getLogger(f"{cls.__module__}.{cls.__qualname__}")

@@ -119,9 +119,15 @@ class SiteWorkspace(os.PathLike):
         """This site's own folder (what the object itself is)."""
         return str(self._path)
 
-    def get_run_dir(self) -> str:
+    def get_run_dir(self, job_id: str | None = None) -> str:
         """The folder of this job's run on this machine: it holds every local site's folder (in
-        SimEnv the server's and every client's; on a PocEnv/ProdEnv site that site's)."""
+        SimEnv the server's and every client's; on a PocEnv/ProdEnv site that site's).
+        ``job_id`` (NVFlare's argument; ``collab.fl_ctx.get_job_id()``) can only name this job."""
+        if job_id is not None:
+            run = Path(self._run_dir)
+            if job_id not in (run.name, run.parent.name) and not run.name.startswith(f"{job_id}-"):
+                raise RecipeError(f"get_run_dir({job_id!r}): a site only sees its own job's run "
+                                  f"folder ({run}); call it without a job id, or with collab.fl_ctx.get_job_id()")
         return str(self._run_dir)
 
     def get_experiment_dir(self) -> str:

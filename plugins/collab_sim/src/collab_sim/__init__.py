@@ -2,7 +2,8 @@
 
 from .backend import InProcessBackend
 from .env import SimEnv
+from .fox import FoxSimulator
 
 __version__ = "0.1.0"
 
-__all__ = ["SimEnv", "InProcessBackend"]
+__all__ = ["SimEnv", "InProcessBackend", "FoxSimulator"]

@@ -1,0 +1,74 @@
+"""NVFlare "Fox" programs' runner and names: collab_sim.FoxSimulator, collab_core.constants,
+random.shuffle of a group, parallel=0, collab.fl_ctx.get_job_id(), filter_direction, get_obj_logger."""
+
+from __future__ import annotations
+
+import pytest
+
+from collab_core import CollabRecipe, RecipeError, RunFailedError
+from collab_sim import FoxSimulator, SimEnv
+
+from . import fox_compat_app as app
+
+
+def test_fox_simulator_runs_a_fox_program_and_returns_its_result(tmp_path, capsys):
+    sim = FoxSimulator(root_dir=str(tmp_path), experiment_name="cyclic", server=app.Cyclic(num_rounds=3),
+                       client=app.Trainer(delta=1.0), server_objects={"metric_receiver": app.Receiver()},
+                       num_clients=3)
+    sim.set_client_prop("scale", 2)
+    result = sim.run()
+    assert result["model"] == 3 * 3 * 2.0  # 3 rounds x 3 sites x delta 1 x scale 2
+    assert result["orders"] == [["site-1", "site-2", "site-3"]] * 3  # shuffled, every site once
+    assert result["parallel"] == ["site-1", "site-2", "site-3"]
+    assert result["backend"] == ["sim", True]
+    assert result["result_prop"] == "unset"  # main's result is there only once main returned...
+    assert "FINAL 18.0" in capsys.readouterr().out  # ...in @collab.final
+    assert result["run_dir"] is True and result["job_id"] == "cyclic"  # the workspace given: its name
+    assert "only sees its own job's run folder" in result["wrong_job"]
+    assert result["logger"] == f"{app.__name__}.Cyclic"
+    assert result["outside_filter"] == [None, None]
+    assert (tmp_path / "cyclic" / "server").is_dir()  # the run's workspace: root_dir/experiment_name
+
+
+def test_fox_simulator_hierarchy_is_height_by_width_and_failures_raise(tmp_path):
+    sim = FoxSimulator(root_dir=str(tmp_path), experiment_name="h", server=app.Cyclic(num_rounds=1),
+                       client=app.Trainer(), server_objects={"metric_receiver": app.Receiver()},
+                       num_clients=(2, 2))
+    result = sim.run()
+    assert len(result["parallel"]) == 6  # Fox's (height 2, width 2): 2 top-level sites, 4 below
+    with pytest.raises(RecipeError, match="height, width"):
+        FoxSimulator(str(tmp_path), "bad", app.Cyclic(), app.Trainer(), num_clients=(2, 0)).run()
+    with pytest.raises(RecipeError, match="launch_external_process"):
+        FoxSimulator(str(tmp_path), "sub", app.Cyclic(), app.Trainer(), inprocess=False)
+    failing = FoxSimulator(str(tmp_path), "fails", app.Cyclic(), app.Trainer(), num_clients=2)  # no receiver
+    with pytest.raises(RunFailedError, match="accept_metric"):
+        failing.run()
+    with pytest.raises(AttributeError, match="no attribute 'execute'"):
+        failing.execute  # noqa: B018 (only the Fox methods are handed through)
+
+
+def test_a_kept_group_can_be_shuffled_and_reordered_only_with_its_own_sites():
+    from collab_core.calls import Group, Proxy
+
+    g = Group(["site-1", "site-2", "site-3"])
+    g[0] = Proxy("site-3")
+    g[2] = "site-1"
+    assert g.names == ["site-3", "site-2", "site-1"]
+    with pytest.raises(ValueError, match="not a site of this group"):
+        g[0] = Proxy("site-9")
+    with pytest.raises(TypeError, match="by position"):
+        g["site-1"] = Proxy("site-1")
+
+
+def test_filter_direction_and_qual_func_name_inside_filters():
+    app.Tag.seen = []
+    recipe = CollabRecipe(job_name="tags", server=app.Cyclic(num_rounds=1), client=app.Trainer(),
+                          server_objects={"metric_receiver": app.Receiver()}, min_clients=1)
+    recipe.add_client_output_filter(app.Tag(), tasks=["train"])
+    recipe.add_server_input_filter(app.Tag(), tasks=["train"])
+    run = recipe.execute(SimEnv(num_clients=1))
+    assert run.status == "finished", run.error
+    assert ("site-1", True, "client.train") in app.Tag.seen  # outgoing, on the site
+    assert ("server", True, "client.train") in app.Tag.seen  # incoming, on the server
+    # in a run folder of its own, collab.fl_ctx.get_job_id() is the Run's job id
+    assert run.result["job_id"] == run.job_id and run.job_id.startswith("tags-")
