@@ -3,6 +3,8 @@ random.shuffle of a group, parallel=0, collab.fl_ctx.get_job_id(), filter_direct
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from collab_core import CollabRecipe, RecipeError, RunFailedError
@@ -72,3 +74,25 @@ def test_filter_direction_and_qual_func_name_inside_filters():
     assert ("server", True, "client.train") in app.Tag.seen  # incoming, on the server
     # in a run folder of its own, collab.fl_ctx.get_job_id() is the Run's job id
     assert run.result["job_id"] == run.job_id and run.job_id.startswith("tags-")
+
+
+def test_simenv_takes_nvflares_keywords(tmp_path, caplog):
+    from collab_core import RecipeError
+
+    env = SimEnv(num_clients=0, clients=["a", "b"], num_threads=3, workspace_root=tmp_path / "root",
+                 log_config="full", gpu_config="0,1", extra={"note": 1})
+    assert (env.clients, env.max_workers, env.extra) == (["a", "b"], 3, {"note": 1})
+    assert env.log_level == logging.DEBUG
+    assert "assigns no GPUs" in caplog.text
+    recipe = CollabRecipe(job_name="kw", server=app.Cyclic(num_rounds=1), client=app.Trainer(),
+                          server_objects={"metric_receiver": app.Receiver()})
+    run = recipe.execute(env)
+    assert run.status == "finished", run.error
+    runs = list((tmp_path / "root").iterdir())  # a run folder per run under workspace_root
+    assert [p.name for p in runs] == [run.job_id] and (runs[0] / "server").is_dir()
+    with pytest.raises(RecipeError, match="not both"):
+        SimEnv(num_clients=2, workspace=tmp_path / "w", workspace_root=tmp_path / "r")
+    with pytest.raises(RecipeError, match="not both"):
+        SimEnv(num_clients=2, max_workers=2, num_threads=4)
+    with pytest.raises(RecipeError, match="log_level must be a logging level"):
+        SimEnv(num_clients=2, log_config="chatty")

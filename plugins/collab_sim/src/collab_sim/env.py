@@ -7,6 +7,7 @@ import logging
 import time
 import traceback
 import types
+import uuid
 from concurrent.futures import wait
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,10 @@ from collab_core.runtime import CALL_THREADS, SERVER, JobRuntime, SiteRuntime
 from .backend import ISOLATION_MODES
 
 log = logging.getLogger("collab.sim")
+
+
+#: NVFlare's log_config modes, as log levels
+_LOG_CONFIGS = {"concise": logging.INFO, "full": logging.DEBUG, "verbose": logging.DEBUG}
 
 
 class SimEnv:
@@ -59,7 +64,33 @@ class SimEnv:
         call_timeout: float | None = None,
         log_level: int | str = logging.INFO,
         progress: bool | str | None = None,
+        num_threads: int | None = None,
+        workspace_root: str | Path | None = None,
+        log_config: str | None = None,
+        gpu_config: str | None = None,
+        extra: dict[str, Any] | None = None,
     ):
+        # NVFlare's SimEnv keywords: num_threads (max_workers), workspace_root (a folder per run
+        # under it), log_config (a level or NVFlare's concise/full/verbose), gpu_config, extra
+        if num_clients == 0 and clients:  # NVFlare's default num_clients=0 with clients=[...]
+            num_clients = None
+        if num_threads is not None:
+            if max_workers is not None and max_workers != num_threads:
+                raise RecipeError("pass max_workers= or num_threads= (NVFlare's name for it), not both")
+            max_workers = num_threads
+        if workspace is not None and workspace_root is not None:
+            raise RecipeError("pass workspace= (this run's folder) or workspace_root= (a folder per run under "
+                              "it), not both")
+        if log_config is not None:
+            log_level = _LOG_CONFIGS.get(str(log_config).lower(), log_config)
+        if gpu_config:
+            log.warning("SimEnv runs every site in this process, so gpu_config=%r assigns no GPUs; choose "
+                        "devices in the sites' code (e.g. by collab.site_name), or use PocEnv (a process "
+                        "per site)", gpu_config)
+        if extra is not None and not isinstance(extra, dict):
+            raise RecipeError(f"extra must be a dict, got {type(extra).__name__}")
+        self.extra = dict(extra or {})
+        self.workspace_root = Path(workspace_root) if workspace_root is not None else None
         #: which client is whose child: num_clients=(3, 2), or clients= with parents=
         self.topology = topology.resolve("SimEnv", num_clients, clients, parents, SERVER)
         clients = list(self.topology.sites)
@@ -90,6 +121,10 @@ class SimEnv:
         if self.workspace is not None:
             self.workspace.mkdir(parents=True, exist_ok=True)
             return self.workspace
+        if self.workspace_root is not None:  # the user's folder: a run folder in it, nothing pruned
+            path = self.workspace_root / f"{job_name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+            path.mkdir(parents=True)
+            return path
         return workspaces.new_run_folder("sim", job_name)
 
     def deploy(self, recipe: Any) -> Run:
