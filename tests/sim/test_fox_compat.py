@@ -4,10 +4,13 @@ random.shuffle of a group, parallel=0, collab.fl_ctx.get_job_id(), filter_direct
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 
+import numpy as np
 import pytest
 
-from collab_core import CollabRecipe, RecipeError, RunFailedError
+from collab_core import CollabRecipe, RecipeError, RunFailedError, collab
 from collab_sim import FoxSimulator, SimEnv
 
 from . import fox_compat_app as app
@@ -96,3 +99,44 @@ def test_simenv_takes_nvflares_keywords(tmp_path, caplog):
         SimEnv(num_clients=2, max_workers=2, num_threads=4)
     with pytest.raises(RecipeError, match="log_level must be a logging level"):
         SimEnv(num_clients=2, log_config="chatty")
+
+
+class _Sender:
+    @collab.publish
+    def send(self, path):
+        from collab_core.downloader import Downloader
+
+        seen = []
+        d = Downloader(num_receivers=1, timeout=5.0)
+        return {"t": d.add_arrays({"w": np.arange(6.0)}), "f": d.add_file(path, lambda *a: seen.append(a)),
+                "seen": seen}
+
+
+class _Receiver:
+    @collab.main
+    def run(self):
+        from collab_core.downloader import download_arrays, download_file, download_tensors
+
+        refs = collab.clients["site-1"].send(self.path)
+        err, arrays = download_arrays(refs["t"])
+        ferr, fpath = download_file(refs["f"])
+        with open(fpath, "rb") as f:
+            content = f.read()
+        os.unlink(fpath)
+        return {"err": err, "w": arrays["w"].tolist(), "ferr": ferr, "content": content,
+                "name_safe": os.path.dirname(fpath) == tempfile.gettempdir(), "seen": refs["seen"],
+                "wrong": download_tensors(refs["t"])}
+
+
+def test_fox_downloader_references_carry_their_data_across_the_wire(tmp_path):
+    src = tmp_path / "model.bin"
+    src.write_bytes(b"\x00weights\xff" * 1000)
+    server = _Receiver()
+    server.path = str(src)
+    run = CollabRecipe(job_name="dl", server=server, client=_Sender()).execute(SimEnv(num_clients=1))
+    assert run.status == "finished", run.error
+    r = run.result
+    assert r["err"] is None and r["w"] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert r["ferr"] is None and r["content"] == src.read_bytes() and r["name_safe"]
+    assert r["seen"] == [("*", "ok", str(src))]
+    assert r["wrong"][1] is None and "not a reference to tensors" in r["wrong"][0]
