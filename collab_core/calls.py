@@ -230,7 +230,22 @@ def _process_response(ctx: SiteContext, opts: CallOptions, site: str, method: st
                         call_context=cc)
     assert opts.process_resp_cb is not None
     with active(inner):
-        return call_with_context(opts.process_resp_cb, cc, (site, value), dict(opts.cb_kwargs))
+        return call_with_context(opts.process_resp_cb, cc, (Responder(site, method, opts), value),
+                                 dict(opts.cb_kwargs))
+
+
+class Responder(str):
+    """The first argument of ``process_resp_cb``: the name of the site that answered (a ``str``),
+    which also carries what NVFlare's group call context offers a callback: ``target_name``
+    (``"site"``, or ``"site.object"`` for a named object's method), ``func_name`` and ``call_opt``."""
+
+    def __new__(cls, site: str, method: str, options: CallOptions) -> Responder:
+        made = super().__new__(cls, site)
+        obj, _, func = method.rpartition(".")
+        made.func_name = func
+        made.target_name = f"{site}.{obj}" if obj else site
+        made.call_opt = options
+        return made
 
 
 def _objects_of(ctx: SiteContext | None, site: str) -> tuple[str, ...]:

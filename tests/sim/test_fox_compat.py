@@ -140,3 +140,29 @@ def test_fox_downloader_references_carry_their_data_across_the_wire(tmp_path):
     assert r["ferr"] is None and r["content"] == src.read_bytes() and r["name_safe"]
     assert r["seen"] == [("*", "ok", str(src))]
     assert r["wrong"][1] is None and "not a reference to tensors" in r["wrong"][0]
+
+
+class _CbServer:
+    @collab.main
+    def run(self):
+        seen = []
+
+        def accept(gcc, result, acc):
+            acc.append([str(gcc), gcc.target_name, gcc.func_name, gcc.call_opt.timeout, result])
+            return result
+
+        collab.clients(process_resp_cb=accept, acc=seen, timeout=30).train(0, 1.0)
+        collab.server(process_resp_cb=accept, acc=seen).metric_receiver.accept_metric(5)
+        return sorted(seen)
+
+
+def test_process_resp_cb_gets_nvflares_group_call_context_names():
+    recipe = CollabRecipe(job_name="gcc", server=_CbServer(), client=app.Trainer(delta=2.0),
+                          server_objects={"metric_receiver": app.Receiver()}, min_clients=2)
+    run = recipe.execute(SimEnv(num_clients=2))
+    assert run.status == "finished", run.error
+    assert run.result == [
+        ["server", "server.metric_receiver", "accept_metric", None, 3],  # after the sites' 2 reports
+        ["site-1", "site-1", "train", 30, 3.0],
+        ["site-2", "site-2", "train", 30, 3.0],
+    ]
