@@ -10,6 +10,7 @@ from . import events
 from . import filters as _filters
 from .app import mark
 from .calls import Group, Proxy
+from .constants import ContextKey  # noqa: F401 (NVFlare's name in this module)
 from .context import RESULT_PROP, CallContext, current
 from .errors import CallValidationError, CollabError
 from .site_workspace import SiteWorkspace
@@ -269,3 +270,7 @@ class _JobContext:
 
 
 collab = _Collab()
+
+
+# NVFlare's names in its api module (``from nvflare.collab.api import ContextKey, Context``)
+Context = CallContext

@@ -911,3 +911,45 @@ def setup_deployed(job: JobRuntime, code: Any, site: str) -> Callable[[], None]:
         specs = from_config(code.config.get("filters"), build_object)
         install(job, site, build_site_filters(specs, site, site == job.server_name, copy=True))
         return activate_decomposers(code.config.get("decomposers") or [])
+
+
+# -- Fox's filter base classes ----------------------------------------------------------------------
+
+
+class CallFilter:
+    """The Fox API's base class of call filters: override ``filter_call(func_kwargs, context)``
+    and return the keyword arguments to use. (collab's own spelling is a ``@collab.call_filter``
+    method on any object.)"""
+
+    def __init__(self, impl: Any = None, incoming: bool = True):
+        if impl is not None:
+            raise TypeError(f"{type(self).__name__}(impl=...) is not supported: add the filter "
+                            f"object itself, or an object with a @collab.call_filter method")
+        self.impl = impl  # kept, so an exported job can rebuild the filter (constructor arguments)
+        self.incoming = incoming
+
+    def filter_call(self, func_kwargs: dict, context: Any) -> dict:
+        return func_kwargs
+
+    @mark("call_filter")
+    def _collab_call_filter(self, func_kwargs: dict, context: Any) -> dict:
+        return self.filter_call(func_kwargs, context)
+
+
+class ResultFilter:
+    """The Fox API's base class of result filters: override ``filter_result(result, context)``
+    and return the result to use."""
+
+    def __init__(self, impl: Any = None, incoming: bool = True):
+        if impl is not None:
+            raise TypeError(f"{type(self).__name__}(impl=...) is not supported: add the filter "
+                            f"object itself, or an object with a @collab.result_filter method")
+        self.impl = impl  # kept, so an exported job can rebuild the filter (constructor arguments)
+        self.incoming = incoming
+
+    def filter_result(self, result: Any, context: Any) -> Any:
+        return result
+
+    @mark("result_filter")
+    def _collab_result_filter(self, result: Any, context: Any) -> Any:
+        return self.filter_result(result, context)

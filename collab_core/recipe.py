@@ -400,9 +400,11 @@ class RecipeBase:
 
         if isinstance(decomposers, (str, type)) or not isinstance(decomposers, Iterable):
             decomposers = [decomposers]
-        paths = [check_decomposer(d) for d in decomposers]
-        if not paths:
+        decomposers = list(decomposers)
+        if not decomposers:
             raise RecipeError("add_decomposers got an empty list")
+        # NVFlare's TensorDecomposer() / NumpyArrayDecomposer(): types the wire carries natively
+        paths = [check_decomposer(d) for d in decomposers if not getattr(d, "collab_native_decomposer", False)]
         if not hasattr(self, "_decomposers"):
             self._decomposers: list[str] = []
         self._decomposers.extend(p for p in paths if p not in self._decomposers)

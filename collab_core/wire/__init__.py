@@ -76,7 +76,27 @@ from ._frame import (
 )
 from .builtin import Blob
 
+
+class _NativeDecomposer:
+    """NVFlare's decomposer objects for types collab's wire format carries natively:
+    ``recipe.add_decomposers([TensorDecomposer()])`` is accepted and adds nothing."""
+
+    collab_native_decomposer = True
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class TensorDecomposer(_NativeDecomposer):
+    """torch tensors: native (out-of-band buffers; see docs/wire.md)."""
+
+
+class NumpyArrayDecomposer(_NativeDecomposer):
+    """numpy arrays: native."""
+
 __all__ = [
+    "TensorDecomposer",
+    "NumpyArrayDecomposer",
     "FORMAT_VERSION",
     "MAGIC",
     "Blob",

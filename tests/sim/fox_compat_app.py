@@ -78,3 +78,23 @@ class Tag:
     def inc(self, result):
         Tag.seen.append((fox.site_name, fox.filter_direction == FilterDirection.INCOMING, fox.qual_func_name))
         return result
+
+
+from collab_core.filters import CallFilter, ResultFilter  # noqa: E402 (Fox's base classes)
+
+
+class Double(CallFilter):
+    """A Fox-style call filter: doubles the argument ``model``."""
+
+    def __init__(self, arg_name="model"):
+        super().__init__()
+        self.arg_name = arg_name
+
+    def filter_call(self, func_kwargs, context):
+        func_kwargs[self.arg_name] = func_kwargs[self.arg_name] * 2
+        return func_kwargs
+
+
+class AddTen(ResultFilter):
+    def filter_result(self, result, context):
+        return result + 10 if context.method == "train" else result

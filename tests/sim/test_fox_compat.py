@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from collab_core import CollabRecipe, RecipeError, RunFailedError, collab
+from collab_core.job import run_job_folder
 from collab_sim import FoxSimulator, SimEnv
 
 from . import fox_compat_app as app
@@ -166,3 +167,27 @@ def test_process_resp_cb_gets_nvflares_group_call_context_names():
         ["site-1", "site-1", "train", 30, 3.0],
         ["site-2", "site-2", "train", 30, 3.0],
     ]
+
+
+class _Once:
+    @collab.main
+    def run(self):
+        return dict(collab.clients.train(0, 1.0))
+
+
+def test_fox_filter_base_classes_and_native_decomposers(tmp_path):
+    from collab_core.wire import NumpyArrayDecomposer, TensorDecomposer
+
+    recipe = CollabRecipe(job_name="foxfilters", server=_Once(), client=app.Trainer(delta=1.0),
+                          server_objects={"metric_receiver": app.Receiver()}, min_clients=2)
+    recipe.add_server_outgoing_call_filters("*.train", [app.Double()])
+    recipe.add_client_outgoing_result_filters("*.train", [app.AddTen()])
+    recipe.add_decomposers([TensorDecomposer(), NumpyArrayDecomposer()])  # native here: nothing added
+    run = recipe.execute(SimEnv(num_clients=2))
+    assert run.status == "finished", run.error
+    assert run.result == {"site-1": 13.0, "site-2": 13.0}  # (1.0 * 2) + delta 1, then + 10
+    job = recipe.export(tmp_path / "job")  # Fox-style filters travel like any other filter
+    again = run_job_folder(job, env="sim", num_clients=2, workspace=tmp_path / "ws")
+    assert again.status == "finished" and again.result == run.result, again.error
+    with pytest.raises(TypeError, match="impl=.*not supported"):
+        app.Double.__bases__[0](impl=object())
