@@ -465,7 +465,10 @@ class _GroupRun:
 
     def _launch(self) -> None:
         site = self._pending.popleft()
-        call = _new_call(self.ctx, site, self.method, self.args, self.kwargs, self.opts, self.deadline)
+        deadline = self.deadline
+        if self._per_call is not None:  # parallel=: each call's timeout starts when it is sent
+            deadline = time.monotonic() + self._per_call
+        call = _new_call(self.ctx, site, self.method, self.args, self.kwargs, self.opts, deadline)
         call.optional = self.opts.optional
         self._in_flight[call.id] = call
         if site in self.skipped:  # an optional call of a method the site does not publish: None
@@ -506,6 +509,10 @@ class _GroupRun:
         self._failed = 0
         helper = getattr(self.ctx.job.backend, "help", None)
         self._helper = helper if self.deadline is None else None
+        #: with parallel= and a timeout, the timeout of each call (as NVFlare: queued sites do not
+        #: use up their time waiting for a slot); None: one deadline for the whole group call
+        timeout = self.opts.timeout if self.opts.timeout is not None else self.ctx.job.default_timeout
+        self._per_call = timeout if self.opts.parallel and self.deadline is not None else None
         limit = self.opts.parallel or len(self.targets)
         while self._pending and len(self._in_flight) < limit:
             self._launch()
@@ -537,7 +544,11 @@ class _GroupRun:
 
         try:
             while in_flight:
-                remaining = None if self.deadline is None else max(self.deadline - time.monotonic(), 0)
+                if self._per_call is not None:
+                    first = min(c.deadline for c in in_flight.values())  # type: ignore[type-var]
+                    remaining = max(first - time.monotonic(), 0)
+                else:
+                    remaining = None if self.deadline is None else max(self.deadline - time.monotonic(), 0)
                 try:
                     call, fut = done.get_nowait()
                 except queue.Empty:
@@ -548,8 +559,23 @@ class _GroupRun:
                             call, fut = done.get(timeout=remaining)
                     except queue.Empty:
                         timeout = self.opts.timeout or self.ctx.job.default_timeout
-                        give_up(lambda c, t=timeout: _timeout_error(c, t))
-                        break
+                        if self._per_call is None:
+                            give_up(lambda c, t=timeout: _timeout_error(c, t))
+                            break
+                        now = time.monotonic()
+                        expired = [c for c in in_flight.values() if c.deadline <= now]  # type: ignore[operator]
+                        for c in expired:  # these calls timed out; the others keep their time
+                            backend.cancel(c)
+                            in_flight.pop(c.id, None)
+                            self.failures[c.target] = _timeout_error(c, timeout)
+                        if len(self.failures) > total - self.needed:
+                            give_up(lambda c: CollabCallError(
+                                c.target, c.method, RuntimeError("cancelled: the group call already failed")))
+                            break
+                        for _ in expired:
+                            if pending:
+                                launch()
+                        continue
                 if in_flight.pop(call.id, None) is None:
                     continue
                 exc = fut.exception()

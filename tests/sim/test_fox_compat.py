@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -191,3 +192,37 @@ def test_fox_filter_base_classes_and_native_decomposers(tmp_path):
     assert again.status == "finished" and again.result == run.result, again.error
     with pytest.raises(TypeError, match="impl=.*not supported"):
         app.Double.__bases__[0](impl=object())
+
+
+
+class _Slow:
+    @collab.publish
+    def work(self, seconds):
+        until = time.monotonic() + seconds[collab.site_name]
+        while time.monotonic() < until:
+            if collab.is_aborted:
+                return "aborted"
+            time.sleep(0.01)
+        return collab.site_name
+
+
+class _Queued:
+    @collab.main
+    def run(self):
+        each = {s: 1.0 for s in collab.clients.names}
+        # four 1 s calls one after another: 4 s in all, each well inside its own 2.5 s timeout
+        all_ok = collab.clients(parallel=1, timeout=2.5).work(each)
+        slow = dict(each, **{"site-2": 20.0})
+        some = collab.clients(parallel=1, timeout=2.5, min_responses=3).work(slow)
+        return {"all": sorted(all_ok.sites), "some": sorted(some.sites),
+                "failed": {s: str(e) for s, e in some.failures.items()}}
+
+
+def test_with_parallel_each_calls_timeout_starts_when_it_is_sent():
+    run = CollabRecipe(job_name="queued", server=_Queued(), client=_Slow(), min_clients=4).execute(
+        SimEnv(num_clients=4))
+    assert run.status == "finished", run.error
+    sites = ["site-1", "site-2", "site-3", "site-4"]
+    assert run.result["all"] == sites  # a group-wide 2.5 s deadline would have failed the later ones
+    assert run.result["some"] == ["site-1", "site-3", "site-4"]  # only the slow one timed out
+    assert list(run.result["failed"]) == ["site-2"] and "timeout of 2.5 s" in run.result["failed"]["site-2"]
